@@ -1,0 +1,1 @@
+//! Synthetic CloudTrail (being written).

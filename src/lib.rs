@@ -1,0 +1,2 @@
+//! trailspike: streaming detection of spikes in AWS API activity.
+pub mod generate;
