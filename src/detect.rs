@@ -1,0 +1,82 @@
+//! Stage 4: the spike rule (SPEC.md section 4), evaluated on a baseline
+//! right after the window's update.
+
+use crate::baseline::Baseline;
+
+/// Both comparisons of the rule are strict, as in the original.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub deviation: f64,
+    pub data_points: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            deviation: 3.0,
+            data_points: 15,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The count a window must exceed to be a spike.
+    pub fn threshold(&self, updated: &Baseline) -> f64 {
+        updated.avg_api_calls + self.deviation * updated.stdev_api_calls
+    }
+
+    /// Whether `updated`, the baseline after this window, is a spike.
+    pub fn is_spike(&self, updated: &Baseline) -> bool {
+        updated.latest_count as f64 > self.threshold(updated)
+            && updated.num_data_points > self.data_points
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baseline::{update, Smoothing};
+
+    const WORKED_EXAMPLE: [u64; 17] =
+        [10, 12, 9, 11, 10, 13, 8, 10, 11, 12, 9, 10, 11, 10, 12, 10, 40];
+
+    fn decisions(smoothing: Smoothing) -> Vec<(bool, f64)> {
+        let thresholds = Thresholds::default();
+        let mut baseline = None;
+        let mut seen = Vec::new();
+        for (i, &x) in WORKED_EXAMPLE.iter().enumerate() {
+            let b = update(baseline.as_ref(), x, i as i64 * 3600, smoothing);
+            seen.push((thresholds.is_spike(&b), thresholds.threshold(&b)));
+            baseline = Some(b);
+        }
+        seen
+    }
+
+    #[test]
+    fn worked_example_spikes_only_in_the_seventeenth_window() {
+        for smoothing in [Smoothing::Adaptive { cap: 720 }, Smoothing::Splunk { cap: 720 }] {
+            let seen = decisions(smoothing);
+            let spikes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].0).collect();
+            assert_eq!(spikes, [16], "{smoothing:?}");
+        }
+        let adaptive = decisions(Smoothing::Adaptive { cap: 720 });
+        assert!((adaptive[15].1 - 14.324265).abs() < 1e-5, "{}", adaptive[15].1);
+        assert!((adaptive[16].1 - 33.38675).abs() < 1e-5, "{}", adaptive[16].1);
+    }
+
+    #[test]
+    fn both_comparisons_are_strict() {
+        let t = Thresholds::default();
+        let at = |latest_count, num_data_points| Baseline {
+            latest_count,
+            num_data_points,
+            avg_api_calls: 10.0,
+            stdev_api_calls: 1.0,
+            last_window_start: 0,
+            last_alert_window_start: None,
+        };
+        assert!(!t.is_spike(&at(13, 16)), "count equal to the threshold");
+        assert!(t.is_spike(&at(14, 16)));
+        assert!(!t.is_spike(&at(14, 15)), "data points equal to the threshold");
+    }
+}

@@ -1,0 +1,427 @@
+//! Stage 2: count calls per ARN in tumbling event-time windows
+//! (SPEC.md section 2).
+//!
+//! Windows are `[k*W, (k+1)*W)` in Unix seconds. Each input source (a
+//! file, a Kafka partition) has its own high-water mark; the watermark is
+//! the lowest of them over the sources that are not idle, minus the
+//! allowed lateness, and it never moves backwards. A window closes once
+//! the watermark reaches its end, and a record whose window has closed is
+//! late: it is reported, never merged.
+//!
+//! Invariant: every window in `open` ends after `watermark`, so a record
+//! is late exactly when its window end is at or before the watermark,
+//! whether or not the caller has popped the closed windows yet. That keeps
+//! the outcome independent of how often `close_ready` is called.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::parse::ApiCall;
+
+/// Identifies one ordered input: a file index in replay, a partition in
+/// the Kafka pipeline.
+pub type SourceId = i32;
+
+/// Width and lateness of windows, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub width_secs: i64,
+    pub allowed_lateness_secs: i64,
+}
+
+impl WindowSpec {
+    /// Start of the window that holds `event_time`.
+    pub fn start_of(&self, event_time: i64) -> i64 {
+        event_time.div_euclid(self.width_secs) * self.width_secs
+    }
+}
+
+/// What one ARN did in one window. `event_names` is exact, because
+/// `uniqueApisCalled` is an exact distinct count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArnWindow {
+    pub count: u64,
+    pub event_names: HashSet<Box<str>>,
+    /// Only filled when `dedupe_event_id` is on.
+    pub event_ids: HashSet<Box<str>>,
+    /// Changed since the last checkpoint.
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// A window whose results are final.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedWindow {
+    pub start: i64,
+    pub end: i64,
+    pub arns: HashMap<Box<str>, ArnWindow>,
+}
+
+/// Where a counted call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Counted,
+    /// Its window had already closed.
+    Late,
+    /// `dedupe_event_id` is on and this eventID was counted already.
+    DuplicateEventId,
+}
+
+/// High-water mark of one source, and when it last delivered anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceClock {
+    /// Highest event time seen, `None` until the first record.
+    pub max_event_time: Option<i64>,
+    /// Wall-clock milliseconds of the last message; not persisted
+    /// meaningfully across restarts, where it is reset to "now".
+    pub last_activity_ms: i64,
+}
+
+/// The open windows and the watermark that closes them.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    spec: WindowSpec,
+    idle_timeout_ms: i64,
+    dedupe_event_id: bool,
+    open: BTreeMap<i64, HashMap<Box<str>, ArnWindow>>,
+    sources: BTreeMap<SourceId, SourceClock>,
+    watermark: i64,
+}
+
+impl Windows {
+    pub fn new(spec: WindowSpec, idle_timeout_ms: i64, dedupe_event_id: bool) -> Self {
+        Windows {
+            spec,
+            idle_timeout_ms,
+            dedupe_event_id,
+            open: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            watermark: i64::MIN,
+        }
+    }
+
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+
+    /// The current watermark in event-time seconds (`i64::MIN` before any
+    /// source has progressed).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    pub fn sources(&self) -> &BTreeMap<SourceId, SourceClock> {
+        &self.sources
+    }
+
+    /// Starts holding the watermark for `source` until it delivers or goes
+    /// idle. Registering a known source only refreshes its activity.
+    pub fn add_source(&mut self, source: SourceId, now_ms: i64) {
+        self.sources
+            .entry(source)
+            .and_modify(|clock| clock.last_activity_ms = now_ms)
+            .or_insert(SourceClock {
+                max_event_time: None,
+                last_activity_ms: now_ms,
+            });
+    }
+
+    /// Restores a source's high-water mark from a checkpoint.
+    pub fn restore_source(&mut self, source: SourceId, max_event_time: Option<i64>, now_ms: i64) {
+        self.sources.insert(
+            source,
+            SourceClock {
+                max_event_time,
+                last_activity_ms: now_ms,
+            },
+        );
+    }
+
+    /// Stops waiting for `source`: it has ended (a finished file) or moved
+    /// to another instance.
+    pub fn remove_source(&mut self, source: SourceId) {
+        self.sources.remove(&source);
+    }
+
+    /// Counts one call from `source`, then lets its event time advance the
+    /// source's high-water mark.
+    pub fn observe(&mut self, source: SourceId, call: &ApiCall<'_>, now_ms: i64) -> Admission {
+        let admission = self.count(call);
+        self.progress(source, call.event_time, now_ms);
+        admission
+    }
+
+    /// Records that `source` has reached `event_time` without a call to
+    /// count (a skipped record still shows how far its source has come).
+    pub fn progress(&mut self, source: SourceId, event_time: i64, now_ms: i64) {
+        let clock = self.sources.entry(source).or_insert(SourceClock {
+            max_event_time: None,
+            last_activity_ms: now_ms,
+        });
+        clock.last_activity_ms = now_ms;
+        if clock.max_event_time.is_none_or(|max| event_time > max) {
+            clock.max_event_time = Some(event_time);
+            self.advance_watermark(now_ms);
+        }
+    }
+
+    fn count(&mut self, call: &ApiCall<'_>) -> Admission {
+        let start = self.spec.start_of(call.event_time);
+        if start + self.spec.width_secs <= self.watermark {
+            return Admission::Late;
+        }
+        let arns = self.open.entry(start).or_default();
+        let window = match arns.get_mut(call.arn.as_ref()) {
+            Some(window) => window,
+            None => arns.entry(call.arn.as_ref().into()).or_default(),
+        };
+        if self.dedupe_event_id {
+            if let Some(id) = call.event_id.as_deref() {
+                if window.event_ids.contains(id) {
+                    return Admission::DuplicateEventId;
+                }
+                window.event_ids.insert(id.into());
+            }
+        }
+        window.count += 1;
+        if !window.event_names.contains(call.event_name.as_ref()) {
+            window.event_names.insert(call.event_name.as_ref().into());
+        }
+        window.dirty = true;
+        Admission::Counted
+    }
+
+    /// Recomputes the watermark from the sources; `now_ms` decides which
+    /// sources are idle. Call it on a timer as well as on records, so that
+    /// a source that goes quiet stops holding windows open.
+    pub fn advance_watermark(&mut self, now_ms: i64) -> i64 {
+        if let Some(candidate) = self.candidate_watermark(now_ms) {
+            self.watermark = self.watermark.max(candidate);
+        }
+        self.watermark
+    }
+
+    fn candidate_watermark(&self, now_ms: i64) -> Option<i64> {
+        let lateness = self.spec.allowed_lateness_secs;
+        let active = self
+            .sources
+            .values()
+            .filter(|clock| now_ms - clock.last_activity_ms < self.idle_timeout_ms);
+        let mut lowest: Option<Option<i64>> = None;
+        for clock in active {
+            lowest = Some(match lowest {
+                None => clock.max_event_time,
+                Some(low) => low.min(clock.max_event_time),
+            });
+        }
+        match lowest {
+            // An active source that has delivered nothing yet holds
+            // everything back until it does or goes idle.
+            Some(None) => None,
+            Some(Some(low)) => Some(low.saturating_sub(lateness)),
+            // All sources idle: everything they sent is as complete as it
+            // will get, so the most advanced one sets the watermark.
+            None => self
+                .sources
+                .values()
+                .filter_map(|clock| clock.max_event_time)
+                .max()
+                .map(|max| max.saturating_sub(lateness)),
+        }
+    }
+
+    /// Pops every window that the watermark has passed, oldest first.
+    pub fn close_ready(&mut self) -> Vec<ClosedWindow> {
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            let start = *entry.key();
+            let end = start + self.spec.width_secs;
+            if end > self.watermark {
+                break;
+            }
+            closed.push(ClosedWindow {
+                start,
+                end,
+                arns: entry.remove(),
+            });
+        }
+        closed
+    }
+
+    /// Closes every open window: the end of a finite input.
+    pub fn close_all(&mut self) -> Vec<ClosedWindow> {
+        if let Some((&last, _)) = self.open.last_key_value() {
+            self.watermark = self.watermark.max(last + self.spec.width_secs);
+        }
+        self.close_ready()
+    }
+
+    /// Hands out the windows changed since the last call, with their
+    /// current contents, for a checkpoint. A scan of the open windows is
+    /// cheaper per record than tracking changed keys in a second set.
+    pub fn take_dirty(&mut self) -> Vec<(i64, Box<str>, ArnWindow)> {
+        let mut changed = Vec::new();
+        for (&start, arns) in &mut self.open {
+            for (arn, window) in arns.iter_mut().filter(|(_, w)| w.dirty) {
+                window.dirty = false;
+                changed.push((start, arn.clone(), window.clone()));
+            }
+        }
+        changed
+    }
+
+    /// Puts back an open window read from a checkpoint.
+    pub fn restore_window(&mut self, start: i64, arn: Box<str>, window: ArnWindow) {
+        self.open.entry(start).or_default().insert(arn, window);
+    }
+
+    /// Restores the watermark from a checkpoint.
+    pub fn restore_watermark(&mut self, watermark: i64) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// Number of (window, ARN) pairs held open.
+    pub fn open_arn_windows(&self) -> usize {
+        self.open.values().map(HashMap::len).sum()
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    const HOUR: i64 = 3600;
+
+    fn spec() -> WindowSpec {
+        WindowSpec {
+            width_secs: HOUR,
+            allowed_lateness_secs: 900,
+        }
+    }
+
+    fn call(event_time: i64, arn: &str) -> ApiCall<'_> {
+        ApiCall {
+            event_time,
+            arn: Cow::Borrowed(arn),
+            event_name: Cow::Borrowed("ListBuckets"),
+            event_id: None,
+        }
+    }
+
+    #[test]
+    fn windows_are_aligned_to_the_epoch() {
+        assert_eq!(spec().start_of(7199), 3600);
+        assert_eq!(spec().start_of(7200), 7200);
+        assert_eq!(spec().start_of(-1), -3600);
+    }
+
+    #[test]
+    fn a_window_closes_once_the_watermark_passes_its_end_plus_lateness() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(0, &call(HOUR + 899, "a"), 0);
+        assert!(windows.close_ready().is_empty());
+        windows.observe(0, &call(HOUR + 900, "a"), 0);
+        let closed = windows.close_ready();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].start, closed[0].end), (0, HOUR));
+        assert_eq!(closed[0].arns["a"].count, 1);
+    }
+
+    #[test]
+    fn a_record_for_a_closed_window_is_late_and_changes_nothing() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(0, &call(2 * HOUR, "a"), 0);
+        assert_eq!(windows.observe(0, &call(20, "a"), 0), Admission::Late);
+        let closed = windows.close_ready();
+        assert_eq!(closed[0].arns["a"].count, 1);
+        // Late even though nobody popped the window yet.
+        let mut lazy = Windows::new(spec(), 60_000, false);
+        lazy.observe(0, &call(2 * HOUR, "a"), 0);
+        assert_eq!(lazy.observe(0, &call(20, "a"), 0), Admission::Late);
+    }
+
+    #[test]
+    fn the_slowest_active_source_holds_the_watermark() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(1, &call(5 * HOUR, "b"), 0);
+        assert_eq!(windows.watermark(), 10 - 900);
+        assert!(windows.close_ready().is_empty());
+    }
+
+    #[test]
+    fn an_idle_source_stops_holding_the_watermark() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(1, &call(5 * HOUR, "b"), 0);
+        windows.progress(1, 5 * HOUR, 59_999);
+        windows.advance_watermark(59_999);
+        assert_eq!(windows.watermark(), 10 - 900);
+        windows.progress(1, 5 * HOUR, 60_000);
+        windows.advance_watermark(60_000);
+        assert_eq!(windows.watermark(), 5 * HOUR - 900);
+        assert_eq!(windows.close_ready().len(), 1);
+    }
+
+    #[test]
+    fn a_registered_source_without_data_holds_until_idle() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.add_source(1, 0);
+        windows.observe(0, &call(5 * HOUR, "a"), 0);
+        assert_eq!(windows.watermark(), i64::MIN);
+        windows.progress(0, 5 * HOUR, 60_000);
+        assert_eq!(windows.advance_watermark(60_000), 5 * HOUR - 900);
+    }
+
+    #[test]
+    fn the_watermark_never_moves_backwards() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(5 * HOUR, "a"), 0);
+        let before = windows.watermark();
+        windows.observe(1, &call(HOUR, "a"), 0);
+        assert_eq!(windows.watermark(), before);
+    }
+
+    #[test]
+    fn duplicate_event_ids_count_once_when_deduplicating() {
+        let mut windows = Windows::new(spec(), 60_000, true);
+        let mut first = call(10, "a");
+        first.event_id = Some(Cow::Borrowed("id-1"));
+        assert_eq!(windows.observe(0, &first, 0), Admission::Counted);
+        assert_eq!(windows.observe(0, &first, 0), Admission::DuplicateEventId);
+        assert_eq!(windows.close_all()[0].arns["a"].count, 1);
+    }
+
+    #[test]
+    fn close_all_closes_every_open_window_in_order() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(3 * HOUR, "a"), 0);
+        windows.observe(0, &call(3 * HOUR - 100, "b"), 0);
+        let closed = windows.close_all();
+        let starts: Vec<i64> = closed.iter().map(|w| w.start).collect();
+        assert_eq!(starts, [2 * HOUR, 3 * HOUR]);
+        assert_eq!(windows.open_windows(), 0);
+    }
+
+    #[test]
+    fn dirty_windows_are_handed_out_once_and_forgotten_when_closed() {
+        let mut windows = Windows::new(spec(), 60_000, false);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(0, &call(11, "a"), 0);
+        let dirty = windows.take_dirty();
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0].2.count, 2);
+        assert!(windows.take_dirty().is_empty());
+        windows.observe(0, &call(12, "b"), 0);
+        windows.close_all();
+        assert!(windows.take_dirty().is_empty());
+    }
+}
