@@ -1,7 +1,11 @@
-//! Stage 4: the spike rule (SPEC.md section 4), evaluated on a baseline
-//! right after the window's update.
+//! Stage 4: the spike rule (SPEC.md section 4), and closing a window:
+//! update the baseline of every ARN active in it, then judge each against
+//! its updated baseline, then apply suppression and throttling.
 
-use crate::baseline::Baseline;
+use crate::alert::{Alert, SpikeFacts, SuppressedBy, Suppression};
+use crate::baseline::{self, Baseline, Smoothing};
+use crate::store::{Changes, StoreError};
+use crate::window::ClosedWindow;
 
 /// Both comparisons of the rule are strict, as in the original.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +33,82 @@ impl Thresholds {
     pub fn is_spike(&self, updated: &Baseline) -> bool {
         updated.latest_count as f64 > self.threshold(updated)
             && updated.num_data_points > self.data_points
+    }
+}
+
+/// Everything that decides what a closed window yields.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    pub thresholds: Thresholds,
+    pub smoothing: Smoothing,
+    pub event_name_cap: usize,
+    /// Event-time seconds after an alert during which an ARN's further
+    /// alerts are suppressed; 0 turns throttling off.
+    pub throttle_secs: i64,
+    pub suppression: Suppression,
+}
+
+/// What one closed window produced.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    pub alerts: Vec<Alert>,
+    pub suppressed: Vec<(Alert, SuppressedBy)>,
+}
+
+impl Detector {
+    /// Updates baselines in `changes` for every ARN of `window` and returns
+    /// its alerts in ARN order.
+    pub fn close(
+        &self,
+        window: &ClosedWindow,
+        changes: &mut Changes<'_>,
+    ) -> Result<Verdicts, StoreError> {
+        let mut arns: Vec<&str> = window.arns.keys().map(AsRef::as_ref).collect();
+        arns.sort_unstable();
+        let mut verdicts = Verdicts::default();
+        for arn in arns {
+            let activity = &window.arns[arn];
+            let previous = changes.baseline(arn)?;
+            let mut updated =
+                baseline::update(previous.as_ref(), activity.count, window.start, self.smoothing);
+            if self.thresholds.is_spike(&updated) {
+                let alert = Alert::new(&SpikeFacts {
+                    arn,
+                    window_start: window.start,
+                    window_end: window.end,
+                    window: activity,
+                    baseline: &updated,
+                    thresholds: self.thresholds,
+                    event_name_cap: self.event_name_cap,
+                });
+                match self.suppressed_by(arn, window.start, activity, &updated) {
+                    Some(by) => verdicts.suppressed.push((alert, by)),
+                    None => {
+                        updated.last_alert_window_start = Some(window.start);
+                        verdicts.alerts.push(alert);
+                    }
+                }
+            }
+            changes.set_baseline(arn, updated);
+        }
+        Ok(verdicts)
+    }
+
+    fn suppressed_by(
+        &self,
+        arn: &str,
+        window_start: i64,
+        activity: &crate::window::ArnWindow,
+        updated: &Baseline,
+    ) -> Option<SuppressedBy> {
+        if let Some(rule) = self.suppression.matching_rule(arn, window_start, activity) {
+            return Some(SuppressedBy::Rule(rule));
+        }
+        let throttled = self.throttle_secs > 0
+            && updated
+                .last_alert_window_start
+                .is_some_and(|last| window_start - last < self.throttle_secs);
+        throttled.then_some(SuppressedBy::Throttle)
     }
 }
 

@@ -1,6 +1,26 @@
-//! trailspike: streaming detection of spikes in AWS API activity.
+//! trailspike: streaming detection of spikes in AWS API activity, from
+//! CloudTrail on Kafka. SPEC.md is the contract for what it computes.
+//!
+//! One module per stage of the pipeline:
+//!
+//! - [`parse`]: message bytes to the few CloudTrail fields used;
+//! - [`window`]: per-ARN counts in tumbling event-time windows, watermarks;
+//! - [`baseline`]: the running mean and deviation of each ARN;
+//! - [`detect`]: the spike rule, and closing a window into verdicts;
+//! - [`alert`]: the alert schema, its id, and suppression rules;
+//! - [`store`]: state in sled, committed in atomic checkpoints;
+//! - [`engine`]: the stages above as one unit that drivers feed;
+//! - [`replay`]: the driver for files (`replay`, `backfill`);
+//! - [`config`], [`metrics`]: configuration and operational events;
+//! - [`generate`]: synthetic CloudTrail for tests, demo and benchmarks.
+pub mod alert;
 pub mod baseline;
+pub mod config;
 pub mod detect;
+pub mod engine;
 pub mod generate;
+pub mod metrics;
 pub mod parse;
+pub mod replay;
+pub mod store;
 pub mod window;

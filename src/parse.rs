@@ -36,10 +36,13 @@ pub enum RejectReason {
     TooLarge,
     BadGzip,
     FutureSkew,
+    /// Not bad input: a late record, dead-lettered only when
+    /// `detection.dead_letter_late_records` is on.
+    Late,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         Self::InvalidJson,
         Self::InvalidUtf8,
         Self::NotAnObject,
@@ -49,6 +52,7 @@ impl RejectReason {
         Self::TooLarge,
         Self::BadGzip,
         Self::FutureSkew,
+        Self::Late,
     ];
 
     /// The label used in metrics and in the dead-letter reason header.
@@ -63,6 +67,7 @@ impl RejectReason {
             Self::TooLarge => "too_large",
             Self::BadGzip => "bad_gzip",
             Self::FutureSkew => "future_skew",
+            Self::Late => "late",
         }
     }
 }
@@ -134,11 +139,9 @@ pub enum RecordOutcome<'a> {
         reason: SkipReason,
         event_time: i64,
     },
-    /// A bad record inside a `Records` batch: `raw` is its exact bytes, so
-    /// that it can be dead-lettered unchanged while its neighbours count.
+    /// A bad record inside a `Records` batch; its neighbours still count.
     Rejected {
         reason: RejectReason,
-        raw: &'a [u8],
         detail: String,
     },
 }
@@ -205,12 +208,13 @@ impl<'a> MessageBody<'a> {
         &self.bytes
     }
 
-    /// Parses the body and hands each record's outcome to `on_record`, in
-    /// message order.
+    /// Parses the body and hands each record's exact bytes and outcome to
+    /// `on_record`, in message order. A message that is one record is
+    /// handed over whole.
     pub fn for_each_record<'b>(
         &'b self,
         options: &ParseOptions,
-        on_record: impl FnMut(RecordOutcome<'b>),
+        on_record: impl FnMut(&'b [u8], RecordOutcome<'b>),
     ) -> Result<(), BadMessage> {
         parse_body(&self.bytes, options, on_record)
     }
@@ -243,18 +247,18 @@ fn gunzip(message: &[u8], limit: usize) -> Result<Vec<u8>, BadMessage> {
 fn parse_body<'a>(
     body: &'a [u8],
     options: &ParseOptions,
-    mut on_record: impl FnMut(RecordOutcome<'a>),
+    mut on_record: impl FnMut(&'a [u8], RecordOutcome<'a>),
 ) -> Result<(), BadMessage> {
     let top: TopLevel<'a> =
         serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
     match top.records {
         Some(records) => {
             for raw in records {
-                on_record(parse_batched_record(raw, options));
+                on_record(raw.get().as_bytes(), parse_batched_record(raw, options));
             }
             Ok(())
         }
-        None => record_outcome(top.fields, options).map(on_record),
+        None => record_outcome(top.fields, options).map(|outcome| on_record(body, outcome)),
     }
 }
 
@@ -262,15 +266,13 @@ fn parse_batched_record<'a>(
     raw: &'a RawValue,
     options: &ParseOptions,
 ) -> RecordOutcome<'a> {
-    let bytes = raw.get().as_bytes();
     let parsed = serde_json::from_str::<RecordFields<'a>>(raw.get())
-        .map_err(|e| classify_json_error(bytes, &e))
+        .map_err(|e| classify_json_error(raw.get().as_bytes(), &e))
         .and_then(|fields| record_outcome(fields, options));
     match parsed {
         Ok(outcome) => outcome,
         Err(bad) => RecordOutcome::Rejected {
             reason: bad.reason,
-            raw: bytes,
             detail: bad.detail,
         },
     }
@@ -677,7 +679,7 @@ mod tests {
     ) -> Result<Vec<String>, BadMessage> {
         let body = MessageBody::decode(message, options)?;
         let mut seen = Vec::new();
-        body.for_each_record(options, |outcome| {
+        body.for_each_record(options, |_, outcome| {
             seen.push(match outcome {
                 RecordOutcome::Call(call) => {
                     format!("call {} {} {}", call.event_time, call.arn, call.event_name)

@@ -47,7 +47,7 @@ pub struct ArnWindow {
     pub event_ids: HashSet<Box<str>>,
     /// Changed since the last checkpoint.
     #[serde(skip)]
-    dirty: bool,
+    pub(crate) dirty: bool,
 }
 
 /// A window whose results are final.

@@ -1,0 +1,259 @@
+//! The detection as one unit: messages in, closed windows and alerts out.
+//! Replay and the Kafka pipeline both drive this; they differ only in
+//! where messages come from and where alerts and dead letters go.
+//!
+//! The engine holds open windows in memory and writes nothing by itself:
+//! closing windows and checkpointing add to a [`Changes`] batch that the
+//! driver commits, so the driver decides when state becomes durable
+//! relative to its offsets.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::alert::Alert;
+use crate::config::{Config, ConfigError};
+use crate::detect::Detector;
+use crate::metrics::{Metrics, Origin};
+use crate::parse::{MessageBody, ParseOptions, RecordOutcome, RejectReason};
+use crate::store::{Changes, SourceProgress, StateStore, StoreError};
+use crate::window::{Admission, SourceId, Windows};
+
+/// A message or record for the dead-letter topic. `payload` is the exact
+/// bytes received: the whole message, or one record of a `Records` batch.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub reason: RejectReason,
+    pub detail: String,
+    pub payload: &'a [u8],
+    /// Index in the message's `Records` array, for a batched record.
+    pub record_index: Option<usize>,
+}
+
+pub struct Engine {
+    windows: Windows,
+    detector: Detector,
+    parse: ParseOptions,
+    max_future_skew_secs: i64,
+    dead_letter_late: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Engine, ConfigError> {
+        let detection = &config.detection;
+        Ok(Engine {
+            windows: Windows::new(
+                detection.window_spec(),
+                detection.idle_timeout.as_millis() as i64,
+                detection.dedupe_event_id,
+            ),
+            detector: Detector {
+                thresholds: detection.thresholds(),
+                smoothing: detection.smoothing(),
+                event_name_cap: config.alerts.event_name_cap,
+                throttle_secs: config.alerts.throttle.as_secs() as i64,
+                suppression: config.suppression()?,
+            },
+            parse: config.parse_options(),
+            max_future_skew_secs: detection.max_future_skew.as_secs() as i64,
+            dead_letter_late: detection.dead_letter_late_records,
+            metrics,
+        })
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    pub fn windows_mut(&mut self) -> &mut Windows {
+        &mut self.windows
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts one message from `source`. `arrival_unix` is when the
+    /// message was written (the Kafka timestamp, or the wall clock for
+    /// files): records more than `max_future_skew` ahead of it are
+    /// rejected, so that one corrupt time cannot close every window early.
+    pub fn process_message(
+        &mut self,
+        source: SourceId,
+        message: &[u8],
+        arrival_unix: i64,
+        now_ms: i64,
+        origin: Origin<'_>,
+        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
+    ) {
+        self.metrics.messages_consumed.inc();
+        let body = match MessageBody::decode(message, &self.parse) {
+            Ok(body) => body,
+            Err(bad) => return self.reject(bad.reason, bad.detail, message, None, origin, dead_letter),
+        };
+        let whole_body = body.bytes();
+        let mut index = 0;
+        let mut bad_records = Vec::new();
+        let parse = self.parse;
+        let parsed = body.for_each_record(&parse, |raw, outcome| {
+            let record_index = (raw.len() != whole_body.len()).then_some(index);
+            index += 1;
+            // Dead-letter the message as received when it is one record.
+            let payload = if record_index.is_none() { message } else { raw };
+            if let Some(bad) = self.admit(source, outcome, arrival_unix, now_ms, origin) {
+                bad_records.push((bad, payload, record_index));
+            }
+        });
+        for ((reason, detail), payload, record_index) in bad_records {
+            self.reject(reason, detail, payload, record_index, origin, dead_letter);
+        }
+        if let Err(bad) = parsed {
+            self.reject(bad.reason, bad.detail, message, None, origin, dead_letter);
+        }
+    }
+
+    /// Counts one parsed record; returns why it is bad input, if it is.
+    fn admit(
+        &mut self,
+        source: SourceId,
+        outcome: RecordOutcome<'_>,
+        arrival_unix: i64,
+        now_ms: i64,
+        origin: Origin<'_>,
+    ) -> Option<(RejectReason, String)> {
+        let event_time = match &outcome {
+            RecordOutcome::Call(call) => call.event_time,
+            RecordOutcome::Skipped { event_time, .. } => *event_time,
+            RecordOutcome::Rejected { reason, detail } => return Some((*reason, detail.clone())),
+        };
+        if event_time > arrival_unix.saturating_add(self.max_future_skew_secs) {
+            let detail = format!(
+                "eventTime {event_time} is {}s ahead of the message time {arrival_unix}; \
+                 detection.max_future_skew is {}s",
+                event_time - arrival_unix,
+                self.max_future_skew_secs
+            );
+            return Some((RejectReason::FutureSkew, detail));
+        }
+        match outcome {
+            RecordOutcome::Call(call) => match self.windows.observe(source, &call, now_ms) {
+                Admission::Counted => self.metrics.records_counted.inc(),
+                Admission::DuplicateEventId => {
+                    self.metrics.skipped(crate::parse::SkipReason::DuplicateEventId)
+                }
+                Admission::Late => {
+                    self.metrics.late(event_time, self.windows.watermark(), origin);
+                    if self.dead_letter_late {
+                        return Some((RejectReason::Late, "window already closed".into()));
+                    }
+                }
+            },
+            RecordOutcome::Skipped { reason, .. } => {
+                self.metrics.skipped(reason);
+                self.windows.progress(source, event_time, now_ms);
+            }
+            RecordOutcome::Rejected { .. } => {}
+        }
+        None
+    }
+
+    fn reject(
+        &self,
+        reason: RejectReason,
+        detail: String,
+        payload: &[u8],
+        record_index: Option<usize>,
+        origin: Origin<'_>,
+        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
+    ) {
+        if reason != RejectReason::Late {
+            self.metrics.rejected(reason, &detail, origin);
+        }
+        dead_letter(DeadLetter {
+            reason,
+            detail,
+            payload,
+            record_index,
+        });
+    }
+
+    /// Closes every window the watermark has passed, updating baselines
+    /// in `changes`, and returns the alerts to produce, oldest window first.
+    pub fn close_ready(&mut self, changes: &mut Changes<'_>) -> Result<Vec<Alert>, StoreError> {
+        let closed = self.windows.close_ready();
+        self.close(closed, changes)
+    }
+
+    /// Closes every open window: the end of a finite input.
+    pub fn close_all(&mut self, changes: &mut Changes<'_>) -> Result<Vec<Alert>, StoreError> {
+        let closed = self.windows.close_all();
+        self.close(closed, changes)
+    }
+
+    fn close(
+        &mut self,
+        closed: Vec<crate::window::ClosedWindow>,
+        changes: &mut Changes<'_>,
+    ) -> Result<Vec<Alert>, StoreError> {
+        let mut alerts = Vec::new();
+        for window in closed {
+            let started = Instant::now();
+            let verdicts = self.detector.close(&window, changes)?;
+            for arn in window.arns.keys() {
+                changes.remove_window(window.start, arn);
+            }
+            for (alert, by) in &verdicts.suppressed {
+                self.metrics.alert_suppressed(alert, *by);
+            }
+            for alert in verdicts.alerts {
+                changes.enqueue_alert(alert.to_json());
+                alerts.push(alert);
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.window_closed(window.start, window.arns.len(), seconds);
+        }
+        self.metrics.watermark_seconds.set(self.windows.watermark().max(0));
+        self.metrics.open_window_arns.set(self.windows.open_arn_windows() as i64);
+        Ok(alerts)
+    }
+
+    /// Adds what changed in open windows since the last checkpoint, the
+    /// watermark and each source's position to `changes`.
+    pub fn checkpoint(
+        &mut self,
+        changes: &mut Changes<'_>,
+        next_offsets: &dyn Fn(SourceId) -> Option<i64>,
+    ) {
+        for (start, arn, window) in self.windows.take_dirty() {
+            changes.put_window(start, &arn, &window);
+        }
+        changes.put_watermark(self.windows.watermark());
+        for (&source, clock) in self.windows.sources() {
+            let progress = SourceProgress {
+                next_offset: next_offsets(source),
+                max_event_time: clock.max_event_time,
+            };
+            changes.put_source(source, &progress);
+        }
+    }
+
+    /// Loads open windows, the watermark and source high-water marks from
+    /// the last checkpoint. Returns each source's saved progress.
+    pub fn restore(
+        &mut self,
+        store: &StateStore,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<SourceId, SourceProgress>, StoreError> {
+        for (start, arn, window) in store.open_windows()? {
+            self.windows.restore_window(start, arn, window);
+        }
+        if let Some(watermark) = store.watermark()? {
+            self.windows.restore_watermark(watermark);
+        }
+        let sources = store.sources()?;
+        for (&source, progress) in &sources {
+            self.windows.restore_source(source, progress.max_event_time, now_ms);
+        }
+        Ok(sources)
+    }
+}

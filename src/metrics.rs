@@ -1,0 +1,244 @@
+//! Operational events: each has one method here that both counts it in
+//! Prometheus and logs it, so a log line and its metric cannot drift
+//! apart. Replay reads the same counters for its summary.
+//!
+//! Names follow Prometheus conventions: one `trailspike_` prefix, base
+//! units, `_total` on counters, and no ARN label (ARNs are unbounded).
+//! Every labelled counter is created at zero for each of its labels at
+//! start, so dashboards and rate() see the series before the first event.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::alert::{Alert, SuppressedBy};
+use crate::parse::{RejectReason, SkipReason};
+
+/// Where a message came from, for logs: `file.json:12` or
+/// `cloudtrail/3@1207`.
+pub type Origin<'a> = &'a dyn std::fmt::Display;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages_consumed: IntCounter,
+    pub records_counted: IntCounter,
+    pub records_skipped: IntCounterVec,
+    pub records_rejected: IntCounterVec,
+    pub records_late: IntCounter,
+    pub windows_closed: IntCounter,
+    pub alerts_produced: IntCounter,
+    pub alerts_suppressed: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub window_close_seconds: Histogram,
+    pub watermark_seconds: IntGauge,
+    pub partition_watermark_seconds: IntGaugeVec,
+    pub open_window_arns: IntGauge,
+    pub baseline_arns: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            messages_consumed: counter(
+                "trailspike_messages_consumed_total",
+                "Messages read from the input",
+            ),
+            records_counted: counter(
+                "trailspike_records_counted_total",
+                "API calls counted into a window",
+            ),
+            records_skipped: counter_vec(
+                "trailspike_records_skipped_total",
+                "Well-formed records not counted, by reason",
+                "reason",
+                &SkipReason::ALL.map(SkipReason::as_str),
+            ),
+            records_rejected: counter_vec(
+                "trailspike_records_rejected_total",
+                "Bad input (messages or records), by reason",
+                "reason",
+                &RejectReason::ALL.map(RejectReason::as_str),
+            ),
+            records_late: counter(
+                "trailspike_records_late_total",
+                "API calls whose window had already closed",
+            ),
+            windows_closed: counter("trailspike_windows_closed_total", "Windows closed"),
+            alerts_produced: counter(
+                "trailspike_alerts_produced_total",
+                "Spike alerts produced",
+            ),
+            alerts_suppressed: counter_vec(
+                "trailspike_alerts_suppressed_total",
+                "Spikes not alerted, by what suppressed them",
+                "by",
+                &["rule", "throttle"],
+            ),
+            dead_letters: counter_vec(
+                "trailspike_dead_letter_messages_total",
+                "Messages sent to the dead-letter topic, by reason",
+                "reason",
+                &RejectReason::ALL.map(RejectReason::as_str),
+            ),
+            window_close_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "trailspike_window_close_duration_seconds",
+                    "Time to close one window: baselines, spike rule, alerts, state",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )
+            .unwrap_or_else(|e| unreachable!("static histogram options: {e}")),
+            watermark_seconds: gauge(
+                "trailspike_watermark_seconds",
+                "Event-time watermark, Unix seconds",
+            ),
+            partition_watermark_seconds: IntGaugeVec::new(
+                Opts::new(
+                    "trailspike_partition_high_water_seconds",
+                    "Highest event time seen per input partition, Unix seconds",
+                ),
+                &["partition"],
+            )
+            .unwrap_or_else(|e| unreachable!("static gauge options: {e}")),
+            open_window_arns: gauge(
+                "trailspike_open_window_arns",
+                "(window, ARN) pairs held in open windows",
+            ),
+            baseline_arns: gauge("trailspike_baseline_arns", "ARNs with a baseline"),
+            registry,
+        };
+        metrics.register_all();
+        metrics
+    }
+
+    fn register_all(&self) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(self.messages_consumed.clone()),
+            Box::new(self.records_counted.clone()),
+            Box::new(self.records_skipped.clone()),
+            Box::new(self.records_rejected.clone()),
+            Box::new(self.records_late.clone()),
+            Box::new(self.windows_closed.clone()),
+            Box::new(self.alerts_produced.clone()),
+            Box::new(self.alerts_suppressed.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.window_close_seconds.clone()),
+            Box::new(self.watermark_seconds.clone()),
+            Box::new(self.partition_watermark_seconds.clone()),
+            Box::new(self.open_window_arns.clone()),
+            Box::new(self.baseline_arns.clone()),
+        ];
+        for collector in collectors {
+            // Names are distinct constants; a clash is a bug in this file.
+            if let Err(e) = self.registry.register(collector) {
+                unreachable!("duplicate metric registration: {e}");
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    pub fn skipped(&self, reason: SkipReason) {
+        self.records_skipped.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Bad input: counted, and logged with where it came from.
+    pub fn rejected(&self, reason: RejectReason, detail: &str, origin: Origin<'_>) {
+        self.records_rejected.with_label_values(&[reason.as_str()]).inc();
+        tracing::warn!(%origin, reason = reason.as_str(), detail, "bad input");
+    }
+
+    pub fn late(&self, event_time: i64, watermark: i64, origin: Origin<'_>) {
+        self.records_late.inc();
+        tracing::debug!(%origin, event_time, watermark, "late record");
+    }
+
+    pub fn dead_lettered(&self, reason: RejectReason) {
+        self.dead_letters.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn alert_raised(&self, alert: &Alert) {
+        self.alerts_produced.inc();
+        tracing::info!(
+            alert_id = %alert.alert_id,
+            user = %alert.user,
+            window_start = %alert.window_start,
+            calls = alert.number_of_api_calls,
+            threshold = alert.threshold,
+            "spike alert"
+        );
+    }
+
+    pub fn alert_suppressed(&self, alert: &Alert, by: SuppressedBy) {
+        self.alerts_suppressed.with_label_values(&[by.as_str()]).inc();
+        let rule = match by {
+            SuppressedBy::Rule(index) => Some(index + 1),
+            SuppressedBy::Throttle => None,
+        };
+        tracing::info!(
+            alert_id = %alert.alert_id,
+            user = %alert.user,
+            window_start = %alert.window_start,
+            by = by.as_str(),
+            rule,
+            "spike suppressed"
+        );
+    }
+
+    pub fn window_closed(&self, start: i64, arns: usize, seconds: f64) {
+        self.windows_closed.inc();
+        self.window_close_seconds.observe(seconds);
+        tracing::debug!(window_start = start, arns, seconds, "window closed");
+    }
+
+    /// Counter value for a label, for summaries and tests.
+    pub fn count(vec: &IntCounterVec, label: &str) -> u64 {
+        vec.with_label_values(&[label]).get()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static counter {name}: {e}"))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static gauge {name}: {e}"))
+}
+
+fn counter_vec(name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| unreachable!("static counter {name}: {e}"));
+    for value in values {
+        vec.with_label_values(&[value]);
+    }
+    vec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_counters_start_at_zero_and_render() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert!(text.contains("trailspike_records_skipped_total{reason=\"no_arn\"} 0"));
+        assert!(text.contains("trailspike_alerts_suppressed_total{by=\"throttle\"} 0"));
+        assert!(text.contains("trailspike_window_close_duration_seconds_bucket"));
+    }
+}

@@ -1,0 +1,548 @@
+//! State in sled: baselines, open windows, per-source progress and the
+//! outbox of alerts not yet acknowledged by the broker.
+//!
+//! Everything lives in one tree so that a checkpoint is one atomic batch:
+//! after a crash the store holds either all of a checkpoint or none of it,
+//! never baselines updated for a window whose offsets were not saved.
+//! Keys start with a one-byte kind:
+//!
+//! | kind | key | value |
+//! |---|---|---|
+//! | `b` | ARN | [`Baseline`] |
+//! | `w` | window start (order-preserving) + ARN | [`ArnWindow`] |
+//! | `s` | source id (order-preserving) | [`SourceProgress`] |
+//! | `o` | sequence number | alert JSON |
+//! | `m` | name | metadata such as the watermark |
+//!
+//! Values are postcard; a value that does not decode is a corrupted store
+//! and an error, never skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::Baseline;
+use crate::window::{ArnWindow, SourceId};
+
+const BASELINE: u8 = b'b';
+const WINDOW: u8 = b'w';
+const SOURCE: u8 = b's';
+const OUTBOX: u8 = b'o';
+const WATERMARK_KEY: &[u8] = b"mwatermark";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("state store is corrupted: key {key:?} does not decode: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("baseline CSV line {line}: {message}")]
+    Csv { line: u64, message: String },
+}
+
+/// How far a source has been processed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceProgress {
+    /// The next offset to read (Kafka) or record number (files).
+    pub next_offset: Option<i64>,
+    pub max_event_time: Option<i64>,
+}
+
+pub struct StateStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl StateStore {
+    /// Opens or creates the store in `dir`, private to the current user.
+    pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
+        create_private_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Self::with_db(db)
+    }
+
+    /// A store that lives only as long as the process (replay without
+    /// `--state`).
+    pub fn temporary() -> Result<StateStore, StoreError> {
+        Self::with_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<StateStore, StoreError> {
+        let tree = db.open_tree("state")?;
+        Ok(StateStore { db, tree })
+    }
+
+    pub fn baseline(&self, arn: &str) -> Result<Option<Baseline>, StoreError> {
+        self.tree
+            .get(key(BASELINE, arn.as_bytes()))?
+            .map(|bytes| decode(&bytes, arn.as_bytes()))
+            .transpose()
+    }
+
+    /// Every baseline, in ARN order.
+    pub fn baselines(&self) -> impl Iterator<Item = Result<(String, Baseline), StoreError>> + '_ {
+        self.tree.scan_prefix([BASELINE]).map(|entry| {
+            let (k, v) = entry?;
+            let arn = String::from_utf8_lossy(&k[1..]).into_owned();
+            Ok((arn, decode(&v, &k)?))
+        })
+    }
+
+    pub fn baseline_count(&self) -> usize {
+        self.tree.scan_prefix([BASELINE]).count()
+    }
+
+    /// Every open window entry saved at the last checkpoint.
+    pub fn open_windows(&self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
+        self.tree
+            .scan_prefix([WINDOW])
+            .map(|entry| {
+                let (k, v) = entry?;
+                let start = decode_i64(&k[1..9]);
+                let arn = String::from_utf8_lossy(&k[9..]).into();
+                Ok((start, arn, decode(&v, &k)?))
+            })
+            .collect()
+    }
+
+    pub fn sources(&self) -> Result<BTreeMap<SourceId, SourceProgress>, StoreError> {
+        self.tree
+            .scan_prefix([SOURCE])
+            .map(|entry| {
+                let (k, v) = entry?;
+                let id = decode_i32(&k[1..5]);
+                Ok((id, decode(&v, &k)?))
+            })
+            .collect()
+    }
+
+    pub fn watermark(&self) -> Result<Option<i64>, StoreError> {
+        self.tree
+            .get(WATERMARK_KEY)?
+            .map(|bytes| decode(&bytes, WATERMARK_KEY))
+            .transpose()
+    }
+
+    /// Alerts made durable but not yet acknowledged, oldest first, with
+    /// the sequence number that acknowledges them.
+    pub fn outbox(&self) -> Result<Vec<(u64, String)>, StoreError> {
+        self.tree
+            .scan_prefix([OUTBOX])
+            .map(|entry| {
+                let (k, v) = entry?;
+                let seq = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
+                Ok((seq, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// Removes acknowledged alerts from the outbox. Durable at the next
+    /// flush: an alert acknowledged just before a crash is sent again,
+    /// with the same id.
+    pub fn acknowledge(&self, seq: u64) -> Result<(), StoreError> {
+        self.tree.remove(outbox_key(seq))?;
+        Ok(())
+    }
+
+    /// Starts a set of changes that [`Changes::commit`] applies at once.
+    pub fn changes(&self) -> Changes<'_> {
+        Changes {
+            store: self,
+            baselines: HashMap::new(),
+            batch: sled::Batch::default(),
+            new_alerts: Vec::new(),
+        }
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Writes every baseline as CSV with the Splunk lookup's header.
+    pub fn export_csv(&self, out: impl io::Write) -> Result<u64, StoreError> {
+        let mut writer = csv::Writer::from_writer(out);
+        let csv_error = |e: csv::Error| StoreError::Csv {
+            line: 0,
+            message: e.to_string(),
+        };
+        writer.write_record(CSV_HEADER).map_err(csv_error)?;
+        let mut rows = 0;
+        for entry in self.baselines() {
+            let (arn, b) = entry?;
+            writer
+                .serialize((
+                    arn,
+                    b.latest_count,
+                    b.num_data_points,
+                    b.avg_api_calls,
+                    b.stdev_api_calls,
+                ))
+                .map_err(csv_error)?;
+            rows += 1;
+        }
+        writer.flush().map_err(|e| csv_error(e.into()))?;
+        Ok(rows)
+    }
+
+    /// Reads baselines from CSV with the Splunk lookup's columns, in any
+    /// order, replacing the stored baseline of each ARN in the file.
+    /// `last_window_start` is set to `now_unix`, because the lookup does not
+    /// record when an ARN was last active.
+    pub fn import_csv(&self, input: impl io::Read, now_unix: i64) -> Result<u64, StoreError> {
+        let mut reader = csv::Reader::from_reader(input);
+        let columns = CsvColumns::find(reader.headers().map_err(|e| StoreError::Csv {
+            line: 1,
+            message: e.to_string(),
+        })?)?;
+        let mut batch = sled::Batch::default();
+        let mut rows = 0;
+        for record in reader.records() {
+            let record = record.map_err(|e| StoreError::Csv {
+                line: e.position().map_or(0, |p| p.line()),
+                message: e.to_string(),
+            })?;
+            let line = record.position().map_or(0, |p| p.line());
+            let (arn, baseline) = columns.parse(&record, now_unix).map_err(|message| {
+                StoreError::Csv { line, message }
+            })?;
+            batch.insert(key(BASELINE, arn.as_bytes()), encode(&baseline));
+            rows += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        Ok(rows)
+    }
+}
+
+/// The original lookup's header, `api_call_by_user_baseline`.
+pub const CSV_HEADER: [&str; 5] = [
+    "arn",
+    "latestCount",
+    "numDataPoints",
+    "avgApiCalls",
+    "stdevApiCalls",
+];
+
+struct CsvColumns([usize; 5]);
+
+impl CsvColumns {
+    fn find(headers: &csv::StringRecord) -> Result<CsvColumns, StoreError> {
+        let mut positions = [0; 5];
+        for (slot, name) in positions.iter_mut().zip(CSV_HEADER) {
+            *slot = headers.iter().position(|h| h == name).ok_or_else(|| StoreError::Csv {
+                line: 1,
+                message: format!(
+                    "no column {name:?}; the header must be {}",
+                    CSV_HEADER.join(",")
+                ),
+            })?;
+        }
+        Ok(CsvColumns(positions))
+    }
+
+    fn parse(&self, record: &csv::StringRecord, now_unix: i64) -> Result<(String, Baseline), String> {
+        let field = |i: usize| record.get(self.0[i]).unwrap_or("").trim();
+        let number = |i: usize| -> Result<f64, String> {
+            let text = field(i);
+            match text {
+                // Splunk leaves latestCount empty for ARNs it has not seen
+                // since the last run.
+                "" if i == 1 => Ok(0.0),
+                _ => text
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| format!("{} = {text:?} is not a number >= 0", CSV_HEADER[i])),
+            }
+        };
+        let arn = field(0);
+        if arn.is_empty() {
+            return Err("arn is empty".into());
+        }
+        let baseline = Baseline {
+            latest_count: number(1)? as u64,
+            num_data_points: number(2)? as u64,
+            avg_api_calls: number(3)?,
+            stdev_api_calls: number(4)?,
+            last_window_start: now_unix,
+            last_alert_window_start: None,
+        };
+        Ok((arn.to_string(), baseline))
+    }
+}
+
+/// Changes gathered while closing windows or checkpointing, applied by
+/// [`Changes::commit`] in one atomic batch. Reads of baselines see the
+/// changes not yet committed, so two windows closed in one batch chain
+/// correctly.
+pub struct Changes<'s> {
+    store: &'s StateStore,
+    baselines: HashMap<Box<str>, Baseline>,
+    batch: sled::Batch,
+    new_alerts: Vec<String>,
+}
+
+impl Changes<'_> {
+    pub fn baseline(&self, arn: &str) -> Result<Option<Baseline>, StoreError> {
+        match self.baselines.get(arn) {
+            Some(b) => Ok(Some(*b)),
+            None => self.store.baseline(arn),
+        }
+    }
+
+    pub fn set_baseline(&mut self, arn: &str, baseline: Baseline) {
+        self.baselines.insert(arn.into(), baseline);
+    }
+
+    pub fn put_window(&mut self, start: i64, arn: &str, window: &ArnWindow) {
+        self.batch.insert(window_key(start, arn), encode(window));
+    }
+
+    pub fn remove_window(&mut self, start: i64, arn: &str) {
+        self.batch.remove(window_key(start, arn));
+    }
+
+    pub fn put_source(&mut self, source: SourceId, progress: &SourceProgress) {
+        self.batch.insert(source_key(source), encode(progress));
+    }
+
+    pub fn remove_source(&mut self, source: SourceId) {
+        self.batch.remove(source_key(source));
+    }
+
+    pub fn put_watermark(&mut self, watermark: i64) {
+        self.batch.insert(WATERMARK_KEY, encode(&watermark));
+    }
+
+    /// Queues an alert to be produced once this batch is durable.
+    pub fn enqueue_alert(&mut self, alert_json: String) {
+        self.new_alerts.push(alert_json);
+    }
+
+    /// Applies everything at once and waits until it is on disk. Returns
+    /// the new outbox entries with their sequence numbers.
+    pub fn commit(mut self) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut queued = Vec::with_capacity(self.new_alerts.len());
+        for json in self.new_alerts {
+            let seq = self.store.db.generate_id()?;
+            self.batch.insert(outbox_key(seq), json.as_bytes());
+            queued.push((seq, json));
+        }
+        for (arn, baseline) in &self.baselines {
+            self.batch.insert(key(BASELINE, arn.as_bytes()), encode(baseline));
+        }
+        self.store.tree.apply_batch(self.batch)?;
+        self.store.flush()?;
+        Ok(queued)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let error = |source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(error)
+}
+
+fn key(kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + rest.len());
+    key.push(kind);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// Flipping the sign bit makes big-endian bytes sort like the integers.
+fn window_key(start: i64, arn: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + arn.len());
+    key.push(WINDOW);
+    key.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(arn.as_bytes());
+    key
+}
+
+fn decode_i64(bytes: &[u8]) -> i64 {
+    (u64::from_be_bytes(bytes.try_into().unwrap_or_default()) ^ (1 << 63)) as i64
+}
+
+fn source_key(source: SourceId) -> Vec<u8> {
+    key(SOURCE, &((source as u32) ^ (1 << 31)).to_be_bytes())
+}
+
+fn decode_i32(bytes: &[u8]) -> i32 {
+    (u32::from_be_bytes(bytes.try_into().unwrap_or_default()) ^ (1 << 31)) as i32
+}
+
+fn outbox_key(seq: u64) -> Vec<u8> {
+    key(OUTBOX, &seq.to_be_bytes())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our own plain types always serialize.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], key: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(n: u64) -> Baseline {
+        Baseline {
+            latest_count: n,
+            num_data_points: n,
+            avg_api_calls: n as f64 / 2.0,
+            stdev_api_calls: 0.25,
+            last_window_start: 0,
+            last_alert_window_start: None,
+        }
+    }
+
+    #[test]
+    fn changes_are_visible_before_commit_and_durable_after() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut changes = store.changes();
+            changes.set_baseline("a", baseline(3));
+            assert_eq!(changes.baseline("a").unwrap(), Some(baseline(3)));
+            assert_eq!(store.baseline("a").unwrap(), None);
+            changes.put_watermark(-5);
+            changes.put_source(-2, &SourceProgress {
+                next_offset: Some(9),
+                max_event_time: Some(1),
+            });
+            changes.enqueue_alert("{}".into());
+            let queued = changes.commit().unwrap();
+            assert_eq!(queued.len(), 1);
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.baseline("a").unwrap(), Some(baseline(3)));
+        assert_eq!(store.watermark().unwrap(), Some(-5));
+        assert_eq!(store.sources().unwrap()[&-2].next_offset, Some(9));
+        let outbox = store.outbox().unwrap();
+        assert_eq!(outbox.len(), 1);
+        store.acknowledge(outbox[0].0).unwrap();
+        assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn windows_come_back_in_time_order() {
+        let store = StateStore::temporary().unwrap();
+        let mut changes = store.changes();
+        let w = ArnWindow {
+            count: 2,
+            ..ArnWindow::default()
+        };
+        changes.put_window(3600, "b", &w);
+        changes.put_window(-3600, "a", &w);
+        changes.put_window(0, "c", &w);
+        changes.commit().unwrap();
+        let starts: Vec<i64> = store.open_windows().unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(starts, [-3600, 0, 3600]);
+        let mut changes = store.changes();
+        changes.remove_window(0, "c");
+        changes.commit().unwrap();
+        assert_eq!(store.open_windows().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn csv_round_trips_with_the_lookup_header() {
+        let store = StateStore::temporary().unwrap();
+        let mut changes = store.changes();
+        changes.set_baseline("arn:aws:iam::1:user/a", baseline(4));
+        changes.set_baseline("arn:aws:iam::1:user/b,c", baseline(7));
+        changes.commit().unwrap();
+        let mut csv = Vec::new();
+        assert_eq!(store.export_csv(&mut csv).unwrap(), 2);
+        let text = String::from_utf8(csv.clone()).unwrap();
+        assert!(text.starts_with("arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\n"));
+        let copy = StateStore::temporary().unwrap();
+        assert_eq!(copy.import_csv(csv.as_slice(), 0).unwrap(), 2);
+        let b = copy.baseline("arn:aws:iam::1:user/b,c").unwrap().unwrap();
+        assert_eq!(b, baseline(7));
+    }
+
+    #[test]
+    fn csv_import_accepts_splunk_column_order_and_empty_latest_count() {
+        let store = StateStore::temporary().unwrap();
+        let csv = "arn,avgApiCalls,latestCount,numDataPoints,stdevApiCalls\nx,2.5,,10,1\n";
+        store.import_csv(csv.as_bytes(), 99).unwrap();
+        let b = store.baseline("x").unwrap().unwrap();
+        assert_eq!((b.avg_api_calls, b.latest_count, b.num_data_points), (2.5, 0, 10));
+        assert_eq!(b.last_window_start, 99);
+    }
+
+    #[test]
+    fn csv_import_names_the_bad_line_and_column() {
+        let store = StateStore::temporary().unwrap();
+        let csv = "arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\nx,1,2,3,4\ny,1,2,lots,4\n";
+        let error = store.import_csv(csv.as_bytes(), 0).unwrap_err().to_string();
+        assert!(error.contains("line 3") && error.contains("avgApiCalls"), "{error}");
+        assert_eq!(store.baseline("x").unwrap(), None, "nothing imported from a bad file");
+        let error = store.import_csv("arn,count\n".as_bytes(), 0).unwrap_err().to_string();
+        assert!(error.contains("latestCount"), "{error}");
+    }
+
+    #[test]
+    fn corrupted_value_is_an_error_not_a_skip() {
+        let store = StateStore::temporary().unwrap();
+        store.tree.insert(key(BASELINE, b"x"), &[0xff, 0xff][..]).unwrap();
+        assert!(matches!(store.baseline("x"), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        StateStore::open(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}
