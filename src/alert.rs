@@ -27,7 +27,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Namespace of the version-5 UUIDs used as alert ids; fixed forever, or
 /// every re-sent alert would look new.
-const ALERT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f1c_2a7e_93d4_4b8a_a1e6_0c3f_7d29_b814);
+const ALERT_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5f1c_2a7e_93d4_4b8a_a1e6_0c3f_7d29_b814);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -84,7 +85,8 @@ pub struct SpikeFacts<'a> {
 
 impl Alert {
     pub fn new(facts: &SpikeFacts<'_>) -> Alert {
-        let mut names: Vec<&str> = facts.window.event_names.iter().map(AsRef::as_ref).collect();
+        let mut names: Vec<&str> =
+            facts.window.event_names.iter().map(AsRef::as_ref).collect();
         names.sort_unstable();
         let unique = names.len() as u64;
         let truncated = names.len() > facts.event_name_cap;
@@ -204,7 +206,10 @@ impl Suppression {
 
 impl CompiledRule {
     fn matches(&self, arn: &str, window_start: i64, window: &ArnWindow) -> bool {
-        if self.expires_unix.is_some_and(|expiry| window_start >= expiry) {
+        if self
+            .expires_unix
+            .is_some_and(|expiry| window_start >= expiry)
+        {
             return false;
         }
         let arn_matches = match &self.arn {
@@ -213,7 +218,10 @@ impl CompiledRule {
         };
         arn_matches
             && self.event_name.as_ref().is_none_or(|glob| {
-                window.event_names.iter().all(|name| glob.is_match(name.as_ref()))
+                window
+                    .event_names
+                    .iter()
+                    .all(|name| glob.is_match(name.as_ref()))
             })
     }
 }
@@ -224,7 +232,8 @@ fn compile_rule(rule: &SuppressionRule) -> Result<CompiledRule, String> {
         (None, Some(pattern)) => {
             let anchored = format!("^(?:{pattern})$");
             ArnMatcher::Regex(
-                Regex::new(&anchored).map_err(|e| format!("arn_regex does not compile: {e}"))?,
+                Regex::new(&anchored)
+                    .map_err(|e| format!("arn_regex does not compile: {e}"))?,
             )
         }
         _ => return Err("give exactly one of `arn` (a glob) or `arn_regex`".into()),
@@ -255,7 +264,9 @@ fn parse_expiry(text: &str) -> Result<i64, String> {
     Date::parse(text, format_description!("[year]-[month]-[day]"))
         .map(|date| date.midnight().assume_utc().unix_timestamp())
         .map_err(|_| {
-            format!("expires {text:?} is neither a date (2027-01-31) nor an RFC 3339 time")
+            format!(
+                "expires {text:?} is neither a date (2027-01-31) nor an RFC 3339 time"
+            )
         })
 }
 
@@ -284,9 +295,12 @@ mod tests {
 
     #[test]
     fn event_name_cap_never_changes_the_unique_count() {
-        let baseline = crate::baseline::update(None, 3, 0, crate::baseline::Smoothing::Splunk {
-            cap: 720,
-        });
+        let baseline = crate::baseline::update(
+            None,
+            3,
+            0,
+            crate::baseline::Smoothing::Splunk { cap: 720 },
+        );
         let names = window(&["C", "A", "B"]);
         let alert = Alert::new(&SpikeFacts {
             arn: "arn:x",
@@ -315,7 +329,10 @@ mod tests {
             suppression.matching_rule("arn:aws:sts::1:assumed-role/ci-build/s", 0, &w),
             Some(0)
         );
-        assert_eq!(suppression.matching_rule("arn:aws:iam::1:user/ci-x", 0, &w), None);
+        assert_eq!(
+            suppression.matching_rule("arn:aws:iam::1:user/ci-x", 0, &w),
+            None
+        );
     }
 
     #[test]
@@ -326,7 +343,10 @@ mod tests {
             ..Default::default()
         }]);
         let arn = "arn:aws:iam::1:user/backup";
-        assert_eq!(suppression.matching_rule(arn, 0, &window(&["GetObject"])), Some(0));
+        assert_eq!(
+            suppression.matching_rule(arn, 0, &window(&["GetObject"])),
+            Some(0)
+        );
         assert_eq!(
             suppression.matching_rule(arn, 0, &window(&["GetObject", "DeleteBucket"])),
             None
@@ -352,17 +372,26 @@ mod tests {
             arn_regex: Some(".*".into()),
             ..Default::default()
         };
-        assert!(Suppression::compile(&[both]).unwrap_err().1.contains("exactly one"));
+        assert!(Suppression::compile(&[both])
+            .unwrap_err()
+            .1
+            .contains("exactly one"));
         let bad_regex = SuppressionRule {
             arn_regex: Some("(".into()),
             ..Default::default()
         };
-        assert!(Suppression::compile(&[bad_regex]).unwrap_err().1.contains("arn_regex"));
+        assert!(Suppression::compile(&[bad_regex])
+            .unwrap_err()
+            .1
+            .contains("arn_regex"));
         let bad_date = SuppressionRule {
             arn: Some("*".into()),
             expires: Some("next week".into()),
             ..Default::default()
         };
-        assert!(Suppression::compile(&[bad_date]).unwrap_err().1.contains("expires"));
+        assert!(Suppression::compile(&[bad_date])
+            .unwrap_err()
+            .1
+            .contains("expires"));
     }
 }

@@ -80,8 +80,9 @@ pub fn update(
 mod tests {
     use super::*;
 
-    const WORKED_EXAMPLE: [u64; 17] =
-        [10, 12, 9, 11, 10, 13, 8, 10, 11, 12, 9, 10, 11, 10, 12, 10, 40];
+    const WORKED_EXAMPLE: [u64; 17] = [
+        10, 12, 9, 11, 10, 13, 8, 10, 11, 12, 9, 10, 11, 10, 12, 10, 40,
+    ];
 
     fn run(counts: &[u64], smoothing: Smoothing) -> Baseline {
         let mut baseline = None;
@@ -116,7 +117,10 @@ mod tests {
 
     #[test]
     fn a_new_arn_starts_at_its_count_with_no_spread() {
-        for smoothing in [Smoothing::Adaptive { cap: 720 }, Smoothing::Splunk { cap: 720 }] {
+        for smoothing in [
+            Smoothing::Adaptive { cap: 720 },
+            Smoothing::Splunk { cap: 720 },
+        ] {
             let b = update(None, 7, 0, smoothing);
             assert_eq!((b.latest_count, b.num_data_points), (7, 1));
             assert_eq!((b.avg_api_calls, b.stdev_api_calls), (7.0, 0.0));

@@ -39,7 +39,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, value: impl std::fmt::Debug, fix: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: &'static str,
+    value: impl std::fmt::Debug,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key,
         value: format!("{value:?}"),
@@ -155,6 +159,10 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub alerts_topic: String,
     pub dead_letter_topic: String,
+    /// How long a clean stop may take: saving state, producing pending
+    /// alerts, committing offsets.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// librdkafka properties passed through to every client, such as
     /// `security.protocol` or `sasl.username`. In environment variables an
     /// underscore stands for a dot: `TRAILSPIKE_KAFKA__PROPERTIES__SASL_PASSWORD`.
@@ -169,6 +177,7 @@ impl Default for KafkaConfig {
             input_topic: "cloudtrail".into(),
             alerts_topic: "trailspike-alerts".into(),
             dead_letter_topic: "trailspike-dead-letter".into(),
+            shutdown_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
         }
     }
@@ -304,10 +313,12 @@ impl Config {
 
     /// The compiled suppression rules.
     pub fn suppression(&self) -> Result<Suppression, ConfigError> {
-        Suppression::compile(&self.suppress).map_err(|(index, fix)| ConfigError::Invalid {
-            key: "suppress",
-            value: format!("rule {} ({:?})", index + 1, self.suppress[index]),
-            fix,
+        Suppression::compile(&self.suppress).map_err(|(index, fix)| {
+            ConfigError::Invalid {
+                key: "suppress",
+                value: format!("rule {} ({:?})", index + 1, self.suppress[index]),
+                fix,
+            }
         })
     }
 
@@ -334,7 +345,8 @@ impl Config {
 fn toml_string(config: &Config) -> String {
     // Serializing our own plain structs cannot fail; a failure would be a
     // bug in the types, shown in place of the config rather than hidden.
-    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    toml::to_string_pretty(config)
+        .unwrap_or_else(|e| format!("# cannot render config: {e}"))
 }
 
 /// librdkafka properties whose values must never be printed or logged.
@@ -375,7 +387,11 @@ impl DetectionConfig {
             ));
         }
         if self.smoothing == 0 {
-            return Err(invalid("detection.smoothing", 0, "must be at least 1 (default 720)"));
+            return Err(invalid(
+                "detection.smoothing",
+                0,
+                "must be at least 1 (default 720)",
+            ));
         }
         if !self.deviation_threshold.is_finite() || self.deviation_threshold < 0.0 {
             return Err(invalid(
@@ -466,7 +482,10 @@ mod tests {
     fn unknown_key_is_named() {
         let message = error_of("[detection]\nwindw = \"1h\"\n");
         assert!(message.contains("windw"), "{message}");
-        assert!(message.contains("window"), "lists the allowed keys: {message}");
+        assert!(
+            message.contains("window"),
+            "lists the allowed keys: {message}"
+        );
     }
 
     #[test]
@@ -480,8 +499,7 @@ mod tests {
 
     #[test]
     fn same_topic_twice_quotes_both_keys() {
-        let message =
-            error_of("[kafka]\ninput_topic = \"ct\"\nalerts_topic = \"ct\"\n");
+        let message = error_of("[kafka]\ninput_topic = \"ct\"\nalerts_topic = \"ct\"\n");
         assert!(message.contains("kafka.alerts_topic"), "{message}");
         assert!(message.contains("kafka.input_topic"), "{message}");
     }

@@ -69,8 +69,12 @@ impl Detector {
         for arn in arns {
             let activity = &window.arns[arn];
             let previous = changes.baseline(arn)?;
-            let mut updated =
-                baseline::update(previous.as_ref(), activity.count, window.start, self.smoothing);
+            let mut updated = baseline::update(
+                previous.as_ref(),
+                activity.count,
+                window.start,
+                self.smoothing,
+            );
             if self.thresholds.is_spike(&updated) {
                 let alert = Alert::new(&SpikeFacts {
                     arn,
@@ -117,8 +121,9 @@ mod tests {
     use super::*;
     use crate::baseline::{update, Smoothing};
 
-    const WORKED_EXAMPLE: [u64; 17] =
-        [10, 12, 9, 11, 10, 13, 8, 10, 11, 12, 9, 10, 11, 10, 12, 10, 40];
+    const WORKED_EXAMPLE: [u64; 17] = [
+        10, 12, 9, 11, 10, 13, 8, 10, 11, 12, 9, 10, 11, 10, 12, 10, 40,
+    ];
 
     fn decisions(smoothing: Smoothing) -> Vec<(bool, f64)> {
         let thresholds = Thresholds::default();
@@ -134,14 +139,25 @@ mod tests {
 
     #[test]
     fn worked_example_spikes_only_in_the_seventeenth_window() {
-        for smoothing in [Smoothing::Adaptive { cap: 720 }, Smoothing::Splunk { cap: 720 }] {
+        for smoothing in [
+            Smoothing::Adaptive { cap: 720 },
+            Smoothing::Splunk { cap: 720 },
+        ] {
             let seen = decisions(smoothing);
             let spikes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].0).collect();
             assert_eq!(spikes, [16], "{smoothing:?}");
         }
         let adaptive = decisions(Smoothing::Adaptive { cap: 720 });
-        assert!((adaptive[15].1 - 14.324265).abs() < 1e-5, "{}", adaptive[15].1);
-        assert!((adaptive[16].1 - 33.38675).abs() < 1e-5, "{}", adaptive[16].1);
+        assert!(
+            (adaptive[15].1 - 14.324265).abs() < 1e-5,
+            "{}",
+            adaptive[15].1
+        );
+        assert!(
+            (adaptive[16].1 - 33.38675).abs() < 1e-5,
+            "{}",
+            adaptive[16].1
+        );
     }
 
     #[test]
@@ -157,6 +173,9 @@ mod tests {
         };
         assert!(!t.is_spike(&at(13, 16)), "count equal to the threshold");
         assert!(t.is_spike(&at(14, 16)));
-        assert!(!t.is_spike(&at(14, 15)), "data points equal to the threshold");
+        assert!(
+            !t.is_spike(&at(14, 15)),
+            "data points equal to the threshold"
+        );
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::detect::Detector;
 use crate::metrics::{Metrics, Origin};
 use crate::parse::{MessageBody, ParseOptions, RecordOutcome, RejectReason};
-use crate::store::{Changes, SourceProgress, StateStore, StoreError};
+use crate::store::{Changes, OutboxEntry, SourceProgress, StateStore, StoreError};
 use crate::window::{Admission, SourceId, Windows};
 
 /// A message or record for the dead-letter topic. `payload` is the exact
@@ -73,6 +73,10 @@ impl Engine {
         &self.metrics
     }
 
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Counts one message from `source`. `arrival_unix` is when the
     /// message was written (the Kafka timestamp, or the wall clock for
     /// files): records more than `max_future_skew` ahead of it are
@@ -89,7 +93,16 @@ impl Engine {
         self.metrics.messages_consumed.inc();
         let body = match MessageBody::decode(message, &self.parse) {
             Ok(body) => body,
-            Err(bad) => return self.reject(bad.reason, bad.detail, message, None, origin, dead_letter),
+            Err(bad) => {
+                return self.reject(
+                    bad.reason,
+                    bad.detail,
+                    message,
+                    None,
+                    origin,
+                    dead_letter,
+                )
+            }
         };
         let whole_body = body.bytes();
         let mut index = 0;
@@ -124,7 +137,9 @@ impl Engine {
         let event_time = match &outcome {
             RecordOutcome::Call(call) => call.event_time,
             RecordOutcome::Skipped { event_time, .. } => *event_time,
-            RecordOutcome::Rejected { reason, detail } => return Some((*reason, detail.clone())),
+            RecordOutcome::Rejected { reason, detail } => {
+                return Some((*reason, detail.clone()))
+            }
         };
         if event_time > arrival_unix.saturating_add(self.max_future_skew_secs) {
             let detail = format!(
@@ -136,18 +151,24 @@ impl Engine {
             return Some((RejectReason::FutureSkew, detail));
         }
         match outcome {
-            RecordOutcome::Call(call) => match self.windows.observe(source, &call, now_ms) {
-                Admission::Counted => self.metrics.records_counted.inc(),
-                Admission::DuplicateEventId => {
-                    self.metrics.skipped(crate::parse::SkipReason::DuplicateEventId)
-                }
-                Admission::Late => {
-                    self.metrics.late(event_time, self.windows.watermark(), origin);
-                    if self.dead_letter_late {
-                        return Some((RejectReason::Late, "window already closed".into()));
+            RecordOutcome::Call(call) => {
+                match self.windows.observe(source, &call, now_ms) {
+                    Admission::Counted => self.metrics.records_counted.inc(),
+                    Admission::DuplicateEventId => self
+                        .metrics
+                        .skipped(crate::parse::SkipReason::DuplicateEventId),
+                    Admission::Late => {
+                        self.metrics
+                            .late(event_time, self.windows.watermark(), origin);
+                        if self.dead_letter_late {
+                            return Some((
+                                RejectReason::Late,
+                                "window already closed".into(),
+                            ));
+                        }
                     }
                 }
-            },
+            }
             RecordOutcome::Skipped { reason, .. } => {
                 self.metrics.skipped(reason);
                 self.windows.progress(source, event_time, now_ms);
@@ -179,21 +200,31 @@ impl Engine {
 
     /// Closes every window the watermark has passed, updating baselines
     /// in `changes`, and returns the alerts to produce, oldest window first.
-    pub fn close_ready(&mut self, changes: &mut Changes<'_>) -> Result<Vec<Alert>, StoreError> {
+    /// `now_ms` stamps the outbox entries.
+    pub fn close_ready(
+        &mut self,
+        changes: &mut Changes<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<Alert>, StoreError> {
         let closed = self.windows.close_ready();
-        self.close(closed, changes)
+        self.close(closed, changes, now_ms)
     }
 
     /// Closes every open window: the end of a finite input.
-    pub fn close_all(&mut self, changes: &mut Changes<'_>) -> Result<Vec<Alert>, StoreError> {
+    pub fn close_all(
+        &mut self,
+        changes: &mut Changes<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<Alert>, StoreError> {
         let closed = self.windows.close_all();
-        self.close(closed, changes)
+        self.close(closed, changes, now_ms)
     }
 
     fn close(
         &mut self,
         closed: Vec<crate::window::ClosedWindow>,
         changes: &mut Changes<'_>,
+        now_ms: i64,
     ) -> Result<Vec<Alert>, StoreError> {
         let mut alerts = Vec::new();
         for window in closed {
@@ -206,14 +237,24 @@ impl Engine {
                 self.metrics.alert_suppressed(alert, *by);
             }
             for alert in verdicts.alerts {
-                changes.enqueue_alert(alert.to_json());
+                self.metrics.spike_detected(&alert);
+                changes.enqueue_alert(OutboxEntry {
+                    queued_ms: now_ms,
+                    key: alert.user.clone(),
+                    payload: alert.to_json(),
+                });
                 alerts.push(alert);
             }
             let seconds = started.elapsed().as_secs_f64();
-            self.metrics.window_closed(window.start, window.arns.len(), seconds);
+            self.metrics
+                .window_closed(window.start, window.arns.len(), seconds);
         }
-        self.metrics.watermark_seconds.set(self.windows.watermark().max(0));
-        self.metrics.open_window_arns.set(self.windows.open_arn_windows() as i64);
+        self.metrics
+            .watermark_seconds
+            .set(self.windows.watermark().max(0));
+        self.metrics
+            .open_window_arns
+            .set(self.windows.open_arn_windows() as i64);
         Ok(alerts)
     }
 
@@ -252,7 +293,8 @@ impl Engine {
         }
         let sources = store.sources()?;
         for (&source, progress) in &sources {
-            self.windows.restore_source(source, progress.max_event_time, now_ms);
+            self.windows
+                .restore_source(source, progress.max_event_time, now_ms);
         }
         Ok(sources)
     }

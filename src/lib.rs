@@ -11,16 +11,22 @@
 //! - [`store`]: state in sled, committed in atomic checkpoints;
 //! - [`engine`]: the stages above as one unit that drivers feed;
 //! - [`replay`]: the driver for files (`replay`, `backfill`);
+//! - [`kafka`]: the driver for Kafka (`run`), with its delivery guarantees;
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`demo`]: the zero-setup demo on an in-process Kafka;
 //! - [`config`], [`metrics`]: configuration and operational events;
 //! - [`generate`]: synthetic CloudTrail for tests, demo and benchmarks.
 pub mod alert;
 pub mod baseline;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod generate;
+pub mod kafka;
 pub mod metrics;
 pub mod parse;
 pub mod replay;
+pub mod server;
 pub mod store;
 pub mod window;

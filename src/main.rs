@@ -1,1 +1,418 @@
-fn main() {}
+//! The `trailspike` command line.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use trailspike::config::{Config, LogFormat};
+use trailspike::demo;
+use trailspike::generate::{self, GenerateArgs};
+use trailspike::kafka::pipeline::{self, Health, PipelineError, RunOptions};
+use trailspike::metrics::Metrics;
+use trailspike::parse::{RejectReason, SkipReason};
+use trailspike::replay;
+use trailspike::server;
+use trailspike::store::StateStore;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Alerts when one AWS identity suddenly makes far more API calls than usual"
+)]
+struct Cli {
+    /// TOML config file; `TRAILSPIKE_<SECTION>__<KEY>` variables override it.
+    #[arg(long, global = true, env = "TRAILSPIKE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the detection over CloudTrail files and print alerts as JSON lines.
+    Replay {
+        /// Start from (and update) the baselines in this state directory
+        /// instead of an empty baseline.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Files of JSON lines or CloudTrail log files, gzip or not; `-` is stdin.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Build baselines from history without emitting alerts.
+    Backfill {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Write synthetic CloudTrail records (JSON lines) with injected spikes.
+    Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Also write the injected spikes as JSON lines to this file.
+        #[arg(long)]
+        spikes_out: Option<PathBuf>,
+    },
+    /// Inspect or move baselines.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// Run the Kafka pipeline until SIGTERM or SIGINT.
+    Run {
+        /// Stop cleanly once every assigned partition has been read to its
+        /// end, instead of waiting for more (batch jobs and tests).
+        #[arg(long)]
+        stop_at_end: bool,
+    },
+    /// Zero-setup demo: an in-process Kafka, bundled CloudTrail with
+    /// spikes, the same pipeline as `run`, alerts printed as they arrive.
+    Demo {
+        /// Keep running after the bundled data is done, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Load and check the config, then print it with secrets redacted.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Write every baseline as CSV with the Splunk lookup's header.
+    Export {
+        #[arg(long)]
+        state: PathBuf,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Load baselines from a CSV with the lookup's columns.
+    Import {
+        #[arg(long)]
+        state: PathBuf,
+        file: PathBuf,
+    },
+    /// Print one ARN's baseline.
+    Show {
+        #[arg(long)]
+        state: PathBuf,
+        arn: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("trailspike: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config, &cli.command);
+    match run(cli.command, &config) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("trailspike: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config, command: &Command) {
+    // Offline commands print their results on stdout; their logs stay on
+    // stderr and quiet unless asked for.
+    let default_level = match command {
+        Command::Replay { .. }
+        | Command::Backfill { .. }
+        | Command::Generate { .. }
+        | Command::Demo { .. } => "warn",
+        _ => config.log.level.as_str(),
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Replay { state, inputs } => {
+            replay_files(config, state.as_deref(), &inputs, true)
+        }
+        Command::Backfill { state, inputs } => {
+            replay_files(config, Some(&state), &inputs, false)
+        }
+        Command::Generate {
+            args,
+            output,
+            spikes_out,
+        } => generate_records(&args, output.as_deref(), spikes_out.as_deref()),
+        Command::Baseline { command } => baseline(command),
+        Command::Run { stop_at_end } => service(config, Service::Run { stop_at_end }),
+        Command::Demo { follow } => service(config, Service::Demo { follow }),
+        Command::CheckConfig => {
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+enum Service {
+    Run { stop_at_end: bool },
+    Demo { follow: bool },
+}
+
+/// Exit code of a stop that did not finish within `kafka.shutdown_timeout`.
+const EXIT_SHUTDOWN_TIMEOUT: u8 = 3;
+/// Exit code after a second signal forced the process down.
+const EXIT_FORCED: i32 = 130;
+
+/// Runs the pipeline (or the demo) on a blocking thread, with the metrics
+/// server and signal handling on a small tokio runtime beside it.
+fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let (address, server) =
+            server::bind(config.metrics.listen, metrics.clone(), health.clone()).await?;
+        tokio::spawn(server);
+        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let config = config.clone();
+        let outcome = tokio::task::spawn_blocking(move || match service {
+            Service::Run { stop_at_end } => {
+                let options = RunOptions { stop_at_end };
+                pipeline::run(&config, metrics, health, shutdown, options)
+                    .map_err(Into::into)
+            }
+            Service::Demo { follow } => {
+                eprintln!("demo: metrics at http://{address}/metrics");
+                let printed = demo::run(config, follow, metrics, health, shutdown)?;
+                eprintln!("\ndemo: {printed} alerts on the alerts topic; done");
+                Ok(())
+            }
+        })
+        .await
+        .context("pipeline thread")?;
+        exit_code(outcome)
+    })
+}
+
+fn exit_code(outcome: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            let timed_out = matches!(
+                error.downcast_ref::<PipelineError>(),
+                Some(PipelineError::ShutdownIncomplete(..))
+            );
+            if timed_out {
+                eprintln!("trailspike: {error:#}");
+                return Ok(ExitCode::from(EXIT_SHUTDOWN_TIMEOUT));
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The first SIGTERM or SIGINT asks for a clean stop; a second one ends
+/// the process at once.
+async fn watch_signals(shutdown: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    for signals_seen in 1.. {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        if signals_seen > 1 {
+            tracing::warn!("second signal: exiting without saving state");
+            std::process::exit(EXIT_FORCED);
+        }
+        tracing::info!("signal received: stopping cleanly (send again to force)");
+        shutdown.store(true, Ordering::Relaxed);
+    }
+}
+
+fn open_store(state: Option<&Path>) -> anyhow::Result<StateStore> {
+    match state {
+        Some(dir) => StateStore::open(dir).with_context(|| "opening --state".to_string()),
+        None => StateStore::temporary().context("creating a temporary state store"),
+    }
+}
+
+fn replay_files(
+    config: &Config,
+    state: Option<&Path>,
+    inputs: &[PathBuf],
+    print_alerts: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = open_store(state)?;
+    let metrics = Arc::new(Metrics::new());
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut on_alert = |alert: &trailspike::alert::Alert| {
+        if print_alerts {
+            writeln!(out, "{}", alert.to_json())?;
+        }
+        Ok(())
+    };
+    let report = replay::run(inputs, config, &store, metrics.clone(), &mut on_alert)?;
+    out.flush()?;
+    eprintln!("{}", summary(&metrics, print_alerts));
+    for failure in &report.failures {
+        eprintln!("trailspike: {}: {}", failure.path.display(), failure.error);
+    }
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn summary(metrics: &Metrics, alerts_printed: bool) -> String {
+    let by_reason = |vec, labels: &[&str]| {
+        labels
+            .iter()
+            .map(|label| format!("{label}={}", Metrics::count(vec, label)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let skipped = by_reason(
+        &metrics.records_skipped,
+        &SkipReason::ALL.map(SkipReason::as_str),
+    );
+    let rejected = by_reason(
+        &metrics.records_rejected,
+        &RejectReason::ALL.map(RejectReason::as_str),
+    );
+    let alerts_word = if alerts_printed {
+        "alerts"
+    } else {
+        "alerts (not emitted: backfill)"
+    };
+    format!(
+        "messages {}\ncounted {}\nlate {}\nskipped {skipped}\nrejected {rejected}\n\
+         windows closed {}\n{alerts_word} {}\nsuppressed {}\nbaselines {}",
+        metrics.messages_consumed.get(),
+        metrics.records_counted.get(),
+        metrics.records_late.get(),
+        metrics.windows_closed.get(),
+        metrics.alerts_produced.get(),
+        by_reason(&metrics.alerts_suppressed, &["rule", "throttle"]),
+        metrics.baseline_arns.get(),
+    )
+}
+
+fn generate_records(
+    args: &GenerateArgs,
+    output: Option<&Path>,
+    spikes_out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let generated = match output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = BufWriter::new(file);
+            let summary = generate::generate(args, &mut out)?;
+            out.flush()?;
+            summary
+        }
+        None => {
+            let mut out = BufWriter::new(io::stdout().lock());
+            let summary = generate::generate(args, &mut out)?;
+            out.flush()?;
+            summary
+        }
+    };
+    if let Some(path) = spikes_out {
+        let mut text = String::new();
+        for spike in &generated.spikes {
+            text.push_str(&serde_json::to_string(spike)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "generated {} records ({} bytes), {} spikes injected",
+        generated.records,
+        generated.bytes,
+        generated.spikes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BaselineCommand::Export { state, output } => {
+            let store = StateStore::open(&state)?;
+            let rows = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    store.export_csv(BufWriter::new(file))?
+                }
+                None => store.export_csv(io::stdout().lock())?,
+            };
+            eprintln!("exported {rows} baselines");
+        }
+        BaselineCommand::Import { state, file } => {
+            let store = StateStore::open(&state)?;
+            let input = std::fs::File::open(&file)
+                .with_context(|| format!("opening {}", file.display()))?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let rows = store
+                .import_csv(io::BufReader::new(input), now)
+                .with_context(|| format!("importing {}", file.display()))?;
+            eprintln!("imported {rows} baselines");
+        }
+        BaselineCommand::Show { state, arn } => {
+            let store = StateStore::open(&state)?;
+            let Some(b) = store.baseline(&arn)? else {
+                eprintln!("no baseline for {arn}");
+                return Ok(ExitCode::FAILURE);
+            };
+            println!("arn             {arn}");
+            println!("latestCount     {}", b.latest_count);
+            println!("numDataPoints   {}", b.num_data_points);
+            println!("avgApiCalls     {}", b.avg_api_calls);
+            println!("stdevApiCalls   {}", b.stdev_api_calls);
+            println!(
+                "lastWindow      {}",
+                trailspike::alert::rfc3339(b.last_window_start)
+            );
+            let last_alert = b.last_alert_window_start.map(trailspike::alert::rfc3339);
+            println!("lastAlertWindow {}", last_alert.as_deref().unwrap_or("-"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -87,7 +87,9 @@ impl Metrics {
                     "trailspike_window_close_duration_seconds",
                     "Time to close one window: baselines, spike rule, alerts, state",
                 )
-                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
             )
             .unwrap_or_else(|e| unreachable!("static histogram options: {e}")),
             watermark_seconds: gauge(
@@ -148,12 +150,16 @@ impl Metrics {
     }
 
     pub fn skipped(&self, reason: SkipReason) {
-        self.records_skipped.with_label_values(&[reason.as_str()]).inc();
+        self.records_skipped
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Bad input: counted, and logged with where it came from.
     pub fn rejected(&self, reason: RejectReason, detail: &str, origin: Origin<'_>) {
-        self.records_rejected.with_label_values(&[reason.as_str()]).inc();
+        self.records_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
         tracing::warn!(%origin, reason = reason.as_str(), detail, "bad input");
     }
 
@@ -163,11 +169,18 @@ impl Metrics {
     }
 
     pub fn dead_lettered(&self, reason: RejectReason) {
-        self.dead_letters.with_label_values(&[reason.as_str()]).inc();
+        self.dead_letters
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
-    pub fn alert_raised(&self, alert: &Alert) {
+    /// An alert reached its destination (the alerts topic, or stdout).
+    pub fn alert_produced(&self) {
         self.alerts_produced.inc();
+    }
+
+    /// A window closed as a spike and its alert is queued.
+    pub fn spike_detected(&self, alert: &Alert) {
         tracing::info!(
             alert_id = %alert.alert_id,
             user = %alert.user,
@@ -179,7 +192,9 @@ impl Metrics {
     }
 
     pub fn alert_suppressed(&self, alert: &Alert, by: SuppressedBy) {
-        self.alerts_suppressed.with_label_values(&[by.as_str()]).inc();
+        self.alerts_suppressed
+            .with_label_values(&[by.as_str()])
+            .inc();
         let rule = match by {
             SuppressedBy::Rule(index) => Some(index + 1),
             SuppressedBy::Throttle => None,
@@ -213,7 +228,8 @@ impl Default for Metrics {
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static counter {name}: {e}"))
+    IntCounter::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static counter {name}: {e}"))
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {

@@ -258,7 +258,9 @@ fn parse_body<'a>(
             }
             Ok(())
         }
-        None => record_outcome(top.fields, options).map(|outcome| on_record(body, outcome)),
+        None => {
+            record_outcome(top.fields, options).map(|outcome| on_record(body, outcome))
+        }
     }
 }
 
@@ -459,7 +461,10 @@ impl<'de> Visitor<'de> for FieldVisitor {
         Ok(Field::WrongType)
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Field::WrongType)
     }
@@ -561,13 +566,13 @@ fn read_record_field<'de, A: MapAccess<'de>>(
         KnownKey::EventName => fields.event_name = map.next_value()?,
         KnownKey::EventId => fields.event_id = map.next_value()?,
         KnownKey::UserIdentity => {
-            fields.user_identity = map.next_value::<Option<IdentityOrOther<'de>>>()?.map(
-                |identity| match identity {
-                    IdentityOrOther::Identity(identity) => identity,
-                    // A non-object userIdentity has no ARN to read.
-                    IdentityOrOther::Other => Identity::default(),
-                },
-            )
+            fields.user_identity =
+                map.next_value::<Option<IdentityOrOther<'de>>>()?
+                    .map(|identity| match identity {
+                        IdentityOrOther::Identity(identity) => identity,
+                        // A non-object userIdentity has no ARN to read.
+                        IdentityOrOther::Other => Identity::default(),
+                    })
         }
         _ => {
             map.next_value::<IgnoredAny>()?;
@@ -630,7 +635,9 @@ impl<'de> Visitor<'de> for IdentityVisitor {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match key {
                 Key::Known(KnownKey::Arn) => identity.arn = map.next_value()?,
-                Key::Known(KnownKey::InvokedBy) => identity.invoked_by = map.next_value()?,
+                Key::Known(KnownKey::InvokedBy) => {
+                    identity.invoked_by = map.next_value()?
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -639,7 +646,10 @@ impl<'de> Visitor<'de> for IdentityVisitor {
         Ok(IdentityOrOther::Identity(identity))
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(IdentityOrOther::Other)
     }
@@ -781,16 +791,17 @@ mod tests {
         assert_eq!(reason(b"null"), RejectReason::NotAnObject);
         assert_eq!(reason(b"[1,2]"), RejectReason::NotAnObject);
         assert_eq!(reason(b"\"text\""), RejectReason::NotAnObject);
-        assert_eq!(reason(b"{\"eventTime\":\"\xff\"}"), RejectReason::InvalidUtf8);
+        assert_eq!(
+            reason(b"{\"eventTime\":\"\xff\"}"),
+            RejectReason::InvalidUtf8
+        );
         assert_eq!(reason(b"{}"), RejectReason::MissingEventTime);
         assert_eq!(
             reason(br#"{"eventTime":"yesterday"}"#),
             RejectReason::BadEventTime
         );
-        let numeric_arn = RECORD.replace(
-            r#""arn:aws:iam::123456789012:user/alice""#,
-            "123456789012",
-        );
+        let numeric_arn =
+            RECORD.replace(r#""arn:aws:iam::123456789012:user/alice""#, "123456789012");
         assert_eq!(reason(numeric_arn.as_bytes()), RejectReason::WrongType);
         let object_arn =
             RECORD.replace(r#""arn:aws:iam::123456789012:user/alice""#, r#"{"a":1}"#);
@@ -814,7 +825,10 @@ mod tests {
 
     #[test]
     fn event_time_accepts_fractions_and_offsets() {
-        assert_eq!(parse_event_time("2024-05-01T13:07:42Z").unwrap(), 1714568862);
+        assert_eq!(
+            parse_event_time("2024-05-01T13:07:42Z").unwrap(),
+            1714568862
+        );
         assert_eq!(
             parse_event_time("2024-05-01T13:07:42.999Z").unwrap(),
             1714568862

@@ -58,6 +58,18 @@ pub enum StoreError {
     Csv { line: u64, message: String },
 }
 
+/// An alert made durable and waiting for the broker's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Wall-clock milliseconds when it was queued: after a crash, the
+    /// alerts topic is read back from this time to find which of the
+    /// queued alerts did reach it.
+    pub queued_ms: i64,
+    /// The message key (the ARN).
+    pub key: String,
+    pub payload: String,
+}
+
 /// How far a source has been processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceProgress {
@@ -75,13 +87,14 @@ impl StateStore {
     /// Opens or creates the store in `dir`, private to the current user.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
         create_private_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        let db =
+            sled::Config::new()
+                .path(dir)
+                .open()
+                .map_err(|source| StoreError::Open {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         Self::with_db(db)
     }
 
@@ -104,7 +117,9 @@ impl StateStore {
     }
 
     /// Every baseline, in ARN order.
-    pub fn baselines(&self) -> impl Iterator<Item = Result<(String, Baseline), StoreError>> + '_ {
+    pub fn baselines(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, Baseline), StoreError>> + '_ {
         self.tree.scan_prefix([BASELINE]).map(|entry| {
             let (k, v) = entry?;
             let arn = String::from_utf8_lossy(&k[1..]).into_owned();
@@ -149,13 +164,13 @@ impl StateStore {
 
     /// Alerts made durable but not yet acknowledged, oldest first, with
     /// the sequence number that acknowledges them.
-    pub fn outbox(&self) -> Result<Vec<(u64, String)>, StoreError> {
+    pub fn outbox(&self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         self.tree
             .scan_prefix([OUTBOX])
             .map(|entry| {
                 let (k, v) = entry?;
                 let seq = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
-                Ok((seq, String::from_utf8_lossy(&v).into_owned()))
+                Ok((seq, decode(&v, &k)?))
             })
             .collect()
     }
@@ -219,12 +234,17 @@ impl StateStore {
     /// order, replacing the stored baseline of each ARN in the file.
     /// `last_window_start` is set to `now_unix`, because the lookup does not
     /// record when an ARN was last active.
-    pub fn import_csv(&self, input: impl io::Read, now_unix: i64) -> Result<u64, StoreError> {
+    pub fn import_csv(
+        &self,
+        input: impl io::Read,
+        now_unix: i64,
+    ) -> Result<u64, StoreError> {
         let mut reader = csv::Reader::from_reader(input);
-        let columns = CsvColumns::find(reader.headers().map_err(|e| StoreError::Csv {
-            line: 1,
-            message: e.to_string(),
-        })?)?;
+        let columns =
+            CsvColumns::find(reader.headers().map_err(|e| StoreError::Csv {
+                line: 1,
+                message: e.to_string(),
+            })?)?;
         let mut batch = sled::Batch::default();
         let mut rows = 0;
         for record in reader.records() {
@@ -233,9 +253,9 @@ impl StateStore {
                 message: e.to_string(),
             })?;
             let line = record.position().map_or(0, |p| p.line());
-            let (arn, baseline) = columns.parse(&record, now_unix).map_err(|message| {
-                StoreError::Csv { line, message }
-            })?;
+            let (arn, baseline) = columns
+                .parse(&record, now_unix)
+                .map_err(|message| StoreError::Csv { line, message })?;
             batch.insert(key(BASELINE, arn.as_bytes()), encode(&baseline));
             rows += 1;
         }
@@ -260,18 +280,24 @@ impl CsvColumns {
     fn find(headers: &csv::StringRecord) -> Result<CsvColumns, StoreError> {
         let mut positions = [0; 5];
         for (slot, name) in positions.iter_mut().zip(CSV_HEADER) {
-            *slot = headers.iter().position(|h| h == name).ok_or_else(|| StoreError::Csv {
-                line: 1,
-                message: format!(
-                    "no column {name:?}; the header must be {}",
-                    CSV_HEADER.join(",")
-                ),
+            *slot = headers.iter().position(|h| h == name).ok_or_else(|| {
+                StoreError::Csv {
+                    line: 1,
+                    message: format!(
+                        "no column {name:?}; the header must be {}",
+                        CSV_HEADER.join(",")
+                    ),
+                }
             })?;
         }
         Ok(CsvColumns(positions))
     }
 
-    fn parse(&self, record: &csv::StringRecord, now_unix: i64) -> Result<(String, Baseline), String> {
+    fn parse(
+        &self,
+        record: &csv::StringRecord,
+        now_unix: i64,
+    ) -> Result<(String, Baseline), String> {
         let field = |i: usize| record.get(self.0[i]).unwrap_or("").trim();
         let number = |i: usize| -> Result<f64, String> {
             let text = field(i);
@@ -283,7 +309,9 @@ impl CsvColumns {
                     .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| format!("{} = {text:?} is not a number >= 0", CSV_HEADER[i])),
+                    .ok_or_else(|| {
+                        format!("{} = {text:?} is not a number >= 0", CSV_HEADER[i])
+                    }),
             }
         };
         let arn = field(0);
@@ -310,7 +338,7 @@ pub struct Changes<'s> {
     store: &'s StateStore,
     baselines: HashMap<Box<str>, Baseline>,
     batch: sled::Batch,
-    new_alerts: Vec<String>,
+    new_alerts: Vec<OutboxEntry>,
 }
 
 impl Changes<'_> {
@@ -346,21 +374,22 @@ impl Changes<'_> {
     }
 
     /// Queues an alert to be produced once this batch is durable.
-    pub fn enqueue_alert(&mut self, alert_json: String) {
-        self.new_alerts.push(alert_json);
+    pub fn enqueue_alert(&mut self, entry: OutboxEntry) {
+        self.new_alerts.push(entry);
     }
 
     /// Applies everything at once and waits until it is on disk. Returns
     /// the new outbox entries with their sequence numbers.
-    pub fn commit(mut self) -> Result<Vec<(u64, String)>, StoreError> {
+    pub fn commit(mut self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let mut queued = Vec::with_capacity(self.new_alerts.len());
-        for json in self.new_alerts {
+        for entry in self.new_alerts {
             let seq = self.store.db.generate_id()?;
-            self.batch.insert(outbox_key(seq), json.as_bytes());
-            queued.push((seq, json));
+            self.batch.insert(outbox_key(seq), encode(&entry));
+            queued.push((seq, entry));
         }
         for (arn, baseline) in &self.baselines {
-            self.batch.insert(key(BASELINE, arn.as_bytes()), encode(baseline));
+            self.batch
+                .insert(key(BASELINE, arn.as_bytes()), encode(baseline));
         }
         self.store.tree.apply_batch(self.batch)?;
         self.store.flush()?;
@@ -420,7 +449,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_default()
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], key: &[u8]) -> Result<T, StoreError> {
+fn decode<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    key: &[u8],
+) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         source,
@@ -452,11 +484,18 @@ mod tests {
             assert_eq!(changes.baseline("a").unwrap(), Some(baseline(3)));
             assert_eq!(store.baseline("a").unwrap(), None);
             changes.put_watermark(-5);
-            changes.put_source(-2, &SourceProgress {
-                next_offset: Some(9),
-                max_event_time: Some(1),
+            changes.put_source(
+                -2,
+                &SourceProgress {
+                    next_offset: Some(9),
+                    max_event_time: Some(1),
+                },
+            );
+            changes.enqueue_alert(OutboxEntry {
+                queued_ms: 1,
+                key: "a".into(),
+                payload: "{}".into(),
             });
-            changes.enqueue_alert("{}".into());
             let queued = changes.commit().unwrap();
             assert_eq!(queued.len(), 1);
         }
@@ -482,7 +521,8 @@ mod tests {
         changes.put_window(-3600, "a", &w);
         changes.put_window(0, "c", &w);
         changes.commit().unwrap();
-        let starts: Vec<i64> = store.open_windows().unwrap().iter().map(|e| e.0).collect();
+        let starts: Vec<i64> =
+            store.open_windows().unwrap().iter().map(|e| e.0).collect();
         assert_eq!(starts, [-3600, 0, 3600]);
         let mut changes = store.changes();
         changes.remove_window(0, "c");
@@ -500,7 +540,9 @@ mod tests {
         let mut csv = Vec::new();
         assert_eq!(store.export_csv(&mut csv).unwrap(), 2);
         let text = String::from_utf8(csv.clone()).unwrap();
-        assert!(text.starts_with("arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\n"));
+        assert!(
+            text.starts_with("arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\n")
+        );
         let copy = StateStore::temporary().unwrap();
         assert_eq!(copy.import_csv(csv.as_slice(), 0).unwrap(), 2);
         let b = copy.baseline("arn:aws:iam::1:user/b,c").unwrap().unwrap();
@@ -510,10 +552,14 @@ mod tests {
     #[test]
     fn csv_import_accepts_splunk_column_order_and_empty_latest_count() {
         let store = StateStore::temporary().unwrap();
-        let csv = "arn,avgApiCalls,latestCount,numDataPoints,stdevApiCalls\nx,2.5,,10,1\n";
+        let csv =
+            "arn,avgApiCalls,latestCount,numDataPoints,stdevApiCalls\nx,2.5,,10,1\n";
         store.import_csv(csv.as_bytes(), 99).unwrap();
         let b = store.baseline("x").unwrap().unwrap();
-        assert_eq!((b.avg_api_calls, b.latest_count, b.num_data_points), (2.5, 0, 10));
+        assert_eq!(
+            (b.avg_api_calls, b.latest_count, b.num_data_points),
+            (2.5, 0, 10)
+        );
         assert_eq!(b.last_window_start, 99);
     }
 
@@ -522,17 +568,33 @@ mod tests {
         let store = StateStore::temporary().unwrap();
         let csv = "arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\nx,1,2,3,4\ny,1,2,lots,4\n";
         let error = store.import_csv(csv.as_bytes(), 0).unwrap_err().to_string();
-        assert!(error.contains("line 3") && error.contains("avgApiCalls"), "{error}");
-        assert_eq!(store.baseline("x").unwrap(), None, "nothing imported from a bad file");
-        let error = store.import_csv("arn,count\n".as_bytes(), 0).unwrap_err().to_string();
+        assert!(
+            error.contains("line 3") && error.contains("avgApiCalls"),
+            "{error}"
+        );
+        assert_eq!(
+            store.baseline("x").unwrap(),
+            None,
+            "nothing imported from a bad file"
+        );
+        let error = store
+            .import_csv("arn,count\n".as_bytes(), 0)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("latestCount"), "{error}");
     }
 
     #[test]
     fn corrupted_value_is_an_error_not_a_skip() {
         let store = StateStore::temporary().unwrap();
-        store.tree.insert(key(BASELINE, b"x"), &[0xff, 0xff][..]).unwrap();
-        assert!(matches!(store.baseline("x"), Err(StoreError::Corrupt { .. })));
+        store
+            .tree
+            .insert(key(BASELINE, b"x"), &[0xff, 0xff][..])
+            .unwrap();
+        assert!(matches!(
+            store.baseline("x"),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[cfg(unix)]

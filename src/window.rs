@@ -128,7 +128,12 @@ impl Windows {
     }
 
     /// Restores a source's high-water mark from a checkpoint.
-    pub fn restore_source(&mut self, source: SourceId, max_event_time: Option<i64>, now_ms: i64) {
+    pub fn restore_source(
+        &mut self,
+        source: SourceId,
+        max_event_time: Option<i64>,
+        now_ms: i64,
+    ) {
         self.sources.insert(
             source,
             SourceClock {
@@ -146,7 +151,12 @@ impl Windows {
 
     /// Counts one call from `source`, then lets its event time advance the
     /// source's high-water mark.
-    pub fn observe(&mut self, source: SourceId, call: &ApiCall<'_>, now_ms: i64) -> Admission {
+    pub fn observe(
+        &mut self,
+        source: SourceId,
+        call: &ApiCall<'_>,
+        now_ms: i64,
+    ) -> Admission {
         let admission = self.count(call);
         self.progress(source, call.event_time, now_ms);
         admission
@@ -229,6 +239,13 @@ impl Windows {
                 .max()
                 .map(|max| max.saturating_sub(lateness)),
         }
+    }
+
+    /// Whether the watermark has passed the end of an open window.
+    pub fn has_ready(&self) -> bool {
+        self.open
+            .first_key_value()
+            .is_some_and(|(start, _)| start + self.spec.width_secs <= self.watermark)
     }
 
     /// Pops every window that the watermark has passed, oldest first.

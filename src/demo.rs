@@ -1,0 +1,226 @@
+//! `trailspike demo`: the zero-setup first run.
+//!
+//! Starts librdkafka's in-process mock cluster, feeds it synthetic
+//! CloudTrail with spikes in it (and two malformed messages, to show the
+//! dead-letter topic), runs the same pipeline as `trailspike run` against
+//! it, and prints each alert as it reaches the alerts topic, while
+//! `/metrics` is served.
+//!
+//! The mock keeps only about 5 MiB per partition, so the bundled data is
+//! small: two days of 40 identities.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+use crate::alert::Alert;
+use crate::config::Config;
+use crate::generate::{self, GenerateArgs};
+use crate::kafka::pipeline::{self, Health, RunOptions};
+use crate::metrics::Metrics;
+
+const PARTITIONS: i32 = 4;
+
+/// The bundled data: deterministic, with spikes late enough in it that
+/// their identities have more than 15 windows of history.
+pub fn demo_data() -> GenerateArgs {
+    GenerateArgs {
+        seed: 2024,
+        hours: 40,
+        arns: 40,
+        rate_per_hour: 250.0,
+        spikes: 2,
+        ..GenerateArgs::default()
+    }
+}
+
+/// Runs the demo. `follow` keeps the pipeline running after the bundled
+/// data is done, until Ctrl-C.
+pub fn run(
+    mut config: Config,
+    follow: bool,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka mock")?;
+    let bootstrap = cluster.bootstrap_servers();
+    for topic in [
+        &config.kafka.input_topic,
+        &config.kafka.alerts_topic,
+        &config.kafka.dead_letter_topic,
+    ] {
+        cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
+    config.kafka.bootstrap_servers = bootstrap.clone();
+    // An empty mock partition holds a fetch for the whole wait: keep it short.
+    config
+        .kafka
+        .properties
+        .insert("fetch.wait.max.ms".into(), "50".into());
+    config.detection.idle_timeout = Duration::from_secs(2);
+    let records = feed(&config)?;
+    eprintln!("demo: {records} CloudTrail messages on topic {:?} of an in-process Kafka at {bootstrap}", config.kafka.input_topic);
+
+    let printer_done = Arc::new(AtomicBool::new(false));
+    let printer = {
+        let config = config.clone();
+        let done = printer_done.clone();
+        std::thread::spawn(move || print_alerts(&config, &done))
+    };
+    let options = RunOptions {
+        stop_at_end: !follow,
+    };
+    let outcome = pipeline::run(&config, metrics, health, shutdown, options);
+    printer_done.store(true, Ordering::Relaxed);
+    let printed = printer
+        .join()
+        .map_err(|_| anyhow::anyhow!("alert printer panicked"))??;
+    outcome?;
+    drop(cluster);
+    Ok(printed)
+}
+
+/// Produces the bundled records, two malformed messages, and one record
+/// per partition far enough ahead to close every window of the data.
+fn feed(config: &Config) -> anyhow::Result<usize> {
+    let mut lines = Vec::new();
+    generate::generate(&demo_data(), &mut lines)?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .create()?;
+    let topic = &config.kafka.input_topic;
+    let mut count = 0;
+    let mut last_time = 0;
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        last_time = last_time.max(event_time(line));
+        send(&producer, BaseRecord::<[u8], [u8]>::to(topic).payload(line))?;
+        count += 1;
+        if count == 1000 {
+            send(
+                &producer,
+                BaseRecord::<[u8], [u8]>::to(topic).payload(b"{\"eventTime\": oops"),
+            )?;
+            send(
+                &producer,
+                BaseRecord::<[u8], [u8]>::to(topic).payload(b"[\"not a record\"]"),
+            )?;
+        }
+    }
+    let closer = crate::alert::rfc3339(last_time + 2 * 3600);
+    let sentinel = format!(r#"{{"eventTime":"{closer}","eventType":"AwsServiceEvent"}}"#);
+    for partition in 0..PARTITIONS {
+        send(
+            &producer,
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(partition)
+                .payload(sentinel.as_bytes()),
+        )?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(count)
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                producer.flush(Duration::from_millis(100))?;
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
+}
+
+fn event_time(line: &[u8]) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct Time<'a> {
+        #[serde(rename = "eventTime", borrow)]
+        event_time: &'a str,
+    }
+    serde_json::from_slice::<Time<'_>>(line)
+        .ok()
+        .and_then(|t| crate::parse::parse_event_time(t.event_time).ok())
+        .unwrap_or(0)
+}
+
+/// Prints every alert on the alerts topic until `done` is set and the
+/// topic has been read to its end.
+fn print_alerts(config: &Config, done: &AtomicBool) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .set("group.id", "trailspike-demo-printer")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    consumer.subscribe(&[&config.kafka.alerts_topic])?;
+    let mut printed = 0;
+    let mut quiet_polls = 0;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                quiet_polls = 0;
+                if let Some(alert) = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Alert>(p).ok())
+                {
+                    println!("{}", describe(&alert));
+                    printed += 1;
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%error, "reading alerts failed"),
+            None => quiet_polls += 1,
+        }
+        // Once the pipeline has stopped, a few empty polls in a row mean
+        // the topic has been read to its end.
+        if done.load(Ordering::Relaxed) && quiet_polls >= 10 {
+            return Ok(printed);
+        }
+    }
+}
+
+/// An alert as a person reads it.
+pub fn describe(alert: &Alert) -> String {
+    let mut names = alert
+        .event_name
+        .iter()
+        .take(6)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if alert.event_name.len() > 6 || alert.event_name_truncated {
+        names.push_str(", ...");
+    }
+    format!(
+        "\nSPIKE  {user}\n  window      {start} .. {end}\n  API calls   {calls} \
+         (threshold {threshold:.1}: average {avg:.1}, deviation {stdev:.1} over {n} windows)\n  \
+         APIs        {unique} distinct: {names}\n  alertId     {id}",
+        user = alert.user,
+        start = alert.window_start,
+        end = alert.window_end,
+        calls = alert.number_of_api_calls,
+        threshold = alert.threshold,
+        avg = alert.avg_api_calls,
+        stdev = alert.stdev_api_calls,
+        n = alert.num_data_points,
+        unique = alert.unique_apis_called,
+        id = alert.alert_id,
+    )
+}

@@ -1,0 +1,204 @@
+//! The producer of alerts and dead letters.
+//!
+//! Idempotent with `acks=all`, so a retry inside librdkafka never writes a
+//! message twice. Deliveries come back on a channel that the pipeline
+//! drains: an acknowledged alert leaves the outbox; a dead letter that
+//! could not be written stops the pipeline before its offset is saved.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::config::KafkaConfig;
+use crate::engine::DeadLetter;
+
+use super::{client_config, default_to, require};
+
+/// Dead-letter headers; part of the documented output.
+pub const HEADER_REASON: &str = "trailspike.reason";
+pub const HEADER_DETAIL: &str = "trailspike.detail";
+pub const HEADER_TOPIC: &str = "trailspike.source.topic";
+pub const HEADER_PARTITION: &str = "trailspike.source.partition";
+pub const HEADER_OFFSET: &str = "trailspike.source.offset";
+pub const HEADER_RECORD_INDEX: &str = "trailspike.source.record_index";
+
+/// Longest `trailspike.detail` header; parser messages can quote input.
+const DETAIL_MAX_BYTES: usize = 512;
+
+/// What a delivery report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The alert with this outbox sequence number.
+    Alert(u64),
+    DeadLetter,
+}
+
+/// A delivery report: `Err` holds the broker's or librdkafka's error.
+pub type Delivery = (Delivered, Result<(), String>);
+
+pub struct SinkContext {
+    deliveries: Sender<Delivery>,
+}
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka producer error");
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Delivered>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, what: Self::DeliveryOpaque) {
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        // The receiver lives as long as the pipeline; after it is gone
+        // nobody waits for this report.
+        let _ = self.deliveries.send((*what, outcome));
+    }
+}
+
+/// Where a dead letter came from.
+pub struct SourceRef<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+}
+
+pub struct Sink {
+    producer: ThreadedProducer<SinkContext>,
+    alerts_topic: String,
+    dead_letter_topic: String,
+}
+
+impl Sink {
+    pub fn create(kafka: &KafkaConfig) -> KafkaResult<(Sink, Receiver<Delivery>)> {
+        let mut config = client_config(kafka);
+        default_to(
+            &mut config,
+            &[
+                // Alerts are few; send them promptly.
+                ("linger.ms", "5"),
+                // Room for dead-lettering the largest input message.
+                ("message.max.bytes", "16777216"),
+            ],
+        );
+        require(
+            &mut config,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                // Never give up on an alert or a dead letter: while the
+                // broker is away they wait, and checkpoints wait with them.
+                ("message.timeout.ms", "0"),
+            ],
+        );
+        let (sender, receiver) = mpsc::channel();
+        let producer = config.create_with_context(SinkContext { deliveries: sender })?;
+        let sink = Sink {
+            producer,
+            alerts_topic: kafka.alerts_topic.clone(),
+            dead_letter_topic: kafka.dead_letter_topic.clone(),
+        };
+        Ok((sink, receiver))
+    }
+
+    /// Queues an alert, keyed by its ARN.
+    pub fn send_alert(&self, seq: u64, key: &str, payload: &str) -> KafkaResult<()> {
+        let record = BaseRecord::with_opaque_to(
+            &self.alerts_topic,
+            Box::new(Delivered::Alert(seq)),
+        )
+        .key(key.as_bytes())
+        .payload(payload.as_bytes());
+        self.send(record)
+    }
+
+    /// Queues a dead letter: the payload unchanged, the reason and origin
+    /// in headers.
+    pub fn send_dead_letter(
+        &self,
+        letter: &DeadLetter<'_>,
+        from: &SourceRef<'_>,
+    ) -> KafkaResult<()> {
+        let partition = from.partition.to_string();
+        let offset = from.offset.to_string();
+        let index = letter.record_index.map(|i| i.to_string());
+        let mut headers = OwnedHeaders::new()
+            .insert(header(HEADER_REASON, letter.reason.as_str()))
+            .insert(header(
+                HEADER_DETAIL,
+                truncate_utf8(&letter.detail, DETAIL_MAX_BYTES),
+            ))
+            .insert(header(HEADER_TOPIC, from.topic))
+            .insert(header(HEADER_PARTITION, &partition))
+            .insert(header(HEADER_OFFSET, &offset));
+        if let Some(index) = &index {
+            headers = headers.insert(header(HEADER_RECORD_INDEX, index));
+        }
+        let mut record = BaseRecord::with_opaque_to(
+            &self.dead_letter_topic,
+            Box::new(Delivered::DeadLetter),
+        )
+        .payload(letter.payload)
+        .headers(headers);
+        if let Some(key) = from.key {
+            record = record.key(key);
+        }
+        self.send(record)
+    }
+
+    fn send(
+        &self,
+        mut record: BaseRecord<'_, [u8], [u8], Box<Delivered>>,
+    ) -> KafkaResult<()> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                // The local queue is full: wait for deliveries to drain it.
+                Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Waits until every queued message is acknowledged or `timeout` ends.
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(timeout)
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}
+
+fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
