@@ -167,6 +167,10 @@ pub struct KafkaConfig {
     /// `security.protocol` or `sasl.username`. In environment variables an
     /// underscore stands for a dot: `TRAILSPIKE_KAFKA__PROPERTIES__SASL_PASSWORD`.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (`fetch.wait.max.ms`).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (`linger.ms`).
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -179,20 +183,36 @@ impl Default for KafkaConfig {
             dead_letter_topic: "trailspike-dead-letter".into(),
             shutdown_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
         }
     }
 }
 
 impl KafkaConfig {
-    /// The pass-through properties with environment spellings
-    /// (`sasl_password`) turned into librdkafka's (`sasl.password`).
+    /// The pass-through properties for every client, with environment
+    /// spellings (`sasl_password`) turned into librdkafka's (`sasl.password`).
     pub fn librdkafka_properties(&self) -> BTreeMap<String, String> {
-        self.properties
-            .iter()
-            .map(|(key, value)| (key.replace('_', "."), value.clone()))
-            .collect()
+        dotted(&self.properties)
+    }
+
+    pub fn consumer_librdkafka_properties(&self) -> BTreeMap<String, String> {
+        dotted(&self.consumer_properties)
+    }
+
+    pub fn producer_librdkafka_properties(&self) -> BTreeMap<String, String> {
+        dotted(&self.producer_properties)
     }
 }
+
+fn dotted(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(key, value)| (key.replace('_', "."), value.clone()))
+        .collect()
+}
+
+impl KafkaConfig {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -333,9 +353,16 @@ impl Config {
     /// The config as TOML with secret values replaced, safe to print.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        for (key, value) in shown.kafka.properties.iter_mut() {
-            if is_secret_property(key) {
-                *value = "<redacted>".into();
+        let kafka = &mut shown.kafka;
+        for properties in [
+            &mut kafka.properties,
+            &mut kafka.consumer_properties,
+            &mut kafka.producer_properties,
+        ] {
+            for (key, value) in properties.iter_mut() {
+                if is_secret_property(key) {
+                    *value = "<redacted>".into();
+                }
             }
         }
         toml_string(&shown)
@@ -505,6 +532,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the error type
     fn environment_overrides_file_and_ignores_plain_prefixed_variables() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("t.toml", "[detection]\nwindow = \"2h\"\n")?;

@@ -63,7 +63,7 @@ pub fn run(
     // An empty mock partition holds a fetch for the whole wait: keep it short.
     config
         .kafka
-        .properties
+        .consumer_properties
         .insert("fetch.wait.max.ms".into(), "50".into());
     config.detection.idle_timeout = Duration::from_secs(2);
     let records = feed(&config)?;

@@ -285,7 +285,15 @@ fn replay_files(
         }
         Ok(())
     };
-    let report = replay::run(inputs, config, &store, metrics.clone(), &mut on_alert)?;
+    let report = match replay::run(inputs, config, &store, metrics.clone(), &mut on_alert)
+    {
+        // The reader of stdout went away (`| head`): stop quietly, as
+        // other command-line filters do.
+        Err(replay::ReplayError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            return Ok(ExitCode::SUCCESS)
+        }
+        other => other?,
+    };
     out.flush()?;
     eprintln!("{}", summary(&metrics, print_alerts));
     for failure in &report.failures {
@@ -310,10 +318,10 @@ fn summary(metrics: &Metrics, alerts_printed: bool) -> String {
         &metrics.records_skipped,
         &SkipReason::ALL.map(SkipReason::as_str),
     );
-    let rejected = by_reason(
-        &metrics.records_rejected,
-        &RejectReason::ALL.map(RejectReason::as_str),
-    );
+    let bad_input: Vec<&str> = RejectReason::bad_input()
+        .map(RejectReason::as_str)
+        .collect();
+    let rejected = by_reason(&metrics.records_rejected, &bad_input);
     let alerts_word = if alerts_printed {
         "alerts"
     } else {

@@ -59,7 +59,9 @@ impl Metrics {
                 "trailspike_records_rejected_total",
                 "Bad input (messages or records), by reason",
                 "reason",
-                &RejectReason::ALL.map(RejectReason::as_str),
+                &RejectReason::bad_input()
+                    .map(RejectReason::as_str)
+                    .collect::<Vec<_>>(),
             ),
             records_late: counter(
                 "trailspike_records_late_total",

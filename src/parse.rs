@@ -55,6 +55,11 @@ impl RejectReason {
         Self::Late,
     ];
 
+    /// Every reason that marks bad input (all but [`RejectReason::Late`]).
+    pub fn bad_input() -> impl Iterator<Item = RejectReason> {
+        Self::ALL.into_iter().filter(|r| *r != Self::Late)
+    }
+
     /// The label used in metrics and in the dead-letter reason header.
     pub fn as_str(self) -> &'static str {
         match self {

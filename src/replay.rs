@@ -33,7 +33,7 @@ pub enum ReplayError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("writing alerts failed: {0}")]
+    #[error("writing alerts failed")]
     Output(#[source] io::Error),
 }
 

@@ -19,11 +19,29 @@ use rdkafka::ClientConfig;
 use crate::config::KafkaConfig;
 
 /// Settings shared by every client: the brokers, then the user's
-/// pass-through properties, which win over anything set here.
+/// pass-through properties.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in kafka.librdkafka_properties() {
+        config.set(key, value);
+    }
+    config
+}
+
+/// [`client_config`] plus the consumer-only properties.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    for (key, value) in kafka.consumer_librdkafka_properties() {
+        config.set(key, value);
+    }
+    config
+}
+
+/// [`client_config`] plus the producer-only properties.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    for (key, value) in kafka.producer_librdkafka_properties() {
         config.set(key, value);
     }
     config

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::config::KafkaConfig;
 
-use super::{client_config, require};
+use super::{consumer_config, require};
 
 /// Slack for the broker's timestamp of a message written right after it
 /// was queued.
@@ -42,7 +42,7 @@ pub fn already_on_topic(
     wanted: &HashSet<String>,
     timeout: Duration,
 ) -> KafkaResult<HashSet<String>> {
-    let mut config = client_config(kafka);
+    let mut config = consumer_config(kafka);
     require(
         &mut config,
         &[

@@ -19,7 +19,7 @@ use rdkafka::ClientContext;
 use crate::config::KafkaConfig;
 use crate::engine::DeadLetter;
 
-use super::{client_config, default_to, require};
+use super::{default_to, producer_config, require};
 
 /// Dead-letter headers; part of the documented output.
 pub const HEADER_REASON: &str = "trailspike.reason";
@@ -80,7 +80,7 @@ pub struct Sink {
 
 impl Sink {
     pub fn create(kafka: &KafkaConfig) -> KafkaResult<(Sink, Receiver<Delivery>)> {
-        let mut config = client_config(kafka);
+        let mut config = producer_config(kafka);
         default_to(
             &mut config,
             &[

@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Offset};
 use crate::config::KafkaConfig;
 use crate::window::SourceId;
 
-use super::{client_config, default_to, require};
+use super::{consumer_config, default_to, require};
 
 /// Assignment changes seen by the rebalance callback, for the pipeline
 /// loop to apply to the engine after `poll` returns.
@@ -187,7 +187,7 @@ pub type Source = BaseConsumer<SourceContext>;
 
 /// Creates the consumer and subscribes it to the input topic.
 pub fn create(kafka: &KafkaConfig, positions: Positions) -> KafkaResult<Source> {
-    let mut config = client_config(kafka);
+    let mut config = consumer_config(kafka);
     default_to(
         &mut config,
         &[
