@@ -18,13 +18,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientConfig;
+use rdkafka::Offset;
 
 use crate::alert::Alert;
 use crate::config::Config;
 use crate::generate::{self, GenerateArgs};
 use crate::kafka::pipeline::{self, Health, RunOptions};
 use crate::metrics::Metrics;
+use crate::parse::RejectReason;
 
 const PARTITIONS: i32 = 4;
 
@@ -60,6 +63,13 @@ pub fn run(
         cluster.create_topic(topic, PARTITIONS, 1)?;
     }
     config.kafka.bootstrap_servers = bootstrap.clone();
+    // The mock's topics are new on every run, so its state must be too: a
+    // watermark left by an earlier run would make every record late.
+    let state = tempfile::Builder::new()
+        .prefix("trailspike-demo-state")
+        .tempdir()
+        .context("creating a temporary state directory")?;
+    config.state.dir = state.path().to_path_buf();
     // An empty mock partition holds a fetch for the whole wait: keep it short.
     config
         .kafka
@@ -78,13 +88,25 @@ pub fn run(
     let options = RunOptions {
         stop_at_end: !follow,
     };
-    let outcome = pipeline::run(&config, metrics, health, shutdown, options);
+    let outcome = pipeline::run(&config, metrics.clone(), health, shutdown, options);
     printer_done.store(true, Ordering::Relaxed);
     let printed = printer
         .join()
         .map_err(|_| anyhow::anyhow!("alert printer panicked"))??;
     outcome?;
     drop(cluster);
+    let dead_letters: u64 = RejectReason::ALL
+        .iter()
+        .map(|r| Metrics::count(&metrics.dead_letters, r.as_str()))
+        .sum();
+    eprintln!(
+        "\ndemo: {} messages read, {} calls counted, {dead_letters} dead-lettered, \
+         {} windows closed, {} alerts produced",
+        metrics.messages_consumed.get(),
+        metrics.records_counted.get(),
+        metrics.windows_closed.get(),
+        metrics.alerts_produced.get(),
+    );
     Ok(printed)
 }
 
@@ -101,7 +123,15 @@ fn feed(config: &Config) -> anyhow::Result<usize> {
     let mut last_time = 0;
     for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         last_time = last_time.max(event_time(line));
-        send(&producer, BaseRecord::<[u8], [u8]>::to(topic).payload(line))?;
+        // Spread evenly: the mock keeps only about 5 MiB per partition,
+        // and the sticky partitioner would pile batches onto one.
+        let partition = (count % PARTITIONS as usize) as i32;
+        send(
+            &producer,
+            BaseRecord::<[u8], [u8]>::to(topic)
+                .partition(partition)
+                .payload(line),
+        )?;
         count += 1;
         if count == 1000 {
             send(
@@ -161,37 +191,55 @@ fn event_time(line: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
-/// Prints every alert on the alerts topic until `done` is set and the
-/// topic has been read to its end.
+/// Prints every alert on the alerts topic as it arrives; once `done` is
+/// set, reads on to the end of every partition and returns.
 fn print_alerts(config: &Config, done: &AtomicBool) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.bootstrap_servers)
         .set("group.id", "trailspike-demo-printer")
-        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    consumer.subscribe(&[&config.kafka.alerts_topic])?;
+    let topic = config.kafka.alerts_topic.as_str();
+    // Assigned rather than subscribed: no group join to wait for.
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
+    let mut next = vec![0; PARTITIONS as usize];
+    let mut ends: Option<Vec<i64>> = None;
     let mut printed = 0;
-    let mut quiet_polls = 0;
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
+        if let Some(ends) = &ends {
+            if next.iter().zip(ends).all(|(n, end)| n >= end) {
+                return Ok(printed);
+            }
+        } else if done.load(Ordering::Relaxed) {
+            let mut found = Vec::new();
+            for partition in 0..PARTITIONS {
+                let (_, high) = consumer.fetch_watermarks(
+                    topic,
+                    partition,
+                    Duration::from_secs(5),
+                )?;
+                found.push(high);
+            }
+            ends = Some(found);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
-                quiet_polls = 0;
-                if let Some(alert) = message
+                next[message.partition() as usize] = message.offset() + 1;
+                let alert = message
                     .payload()
-                    .and_then(|p| serde_json::from_slice::<Alert>(p).ok())
-                {
+                    .and_then(|p| serde_json::from_slice::<Alert>(p).ok());
+                if let Some(alert) = alert {
                     println!("{}", describe(&alert));
                     printed += 1;
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, "reading alerts failed"),
-            None => quiet_polls += 1,
-        }
-        // Once the pipeline has stopped, a few empty polls in a row mean
-        // the topic has been read to its end.
-        if done.load(Ordering::Relaxed) && quiet_polls >= 10 {
-            return Ok(printed);
+            None => {}
         }
     }
 }

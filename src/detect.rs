@@ -93,7 +93,7 @@ impl Detector {
                     }
                 }
             }
-            changes.set_baseline(arn, updated);
+            changes.set_baseline(arn, updated, previous.is_none());
         }
         Ok(verdicts)
     }

@@ -250,12 +250,19 @@ impl Engine {
                 .window_closed(window.start, window.arns.len(), seconds);
         }
         self.metrics
-            .watermark_seconds
-            .set(self.windows.watermark().max(0));
-        self.metrics
             .open_window_arns
             .set(self.windows.open_arn_windows() as i64);
         Ok(alerts)
+    }
+
+    /// Publishes the watermark and each source's high-water mark.
+    pub fn report_progress(&self, now_unix: i64) {
+        let sources = self.windows.sources();
+        self.metrics.event_time_progress(
+            self.windows.watermark(),
+            sources.iter().map(|(&s, clock)| (s, clock.max_event_time)),
+            now_unix,
+        );
     }
 
     /// Adds what changed in open windows since the last checkpoint, the

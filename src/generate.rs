@@ -360,7 +360,7 @@ impl World {
         let company = pick(rng, COMPANIES);
         let accounts = build_accounts(rng);
         let sets = ApiSets::new()?;
-        let mut cast = Cast::new(rng, company, accounts.len());
+        let mut cast = Cast::new(rng, company, &accounts);
         let rate = args.rate_per_hour;
         let linked = match args.arns {
             0..=4 => 0,
@@ -415,16 +415,19 @@ fn random_account_id(rng: &mut ChaCha8Rng) -> String {
 struct Cast {
     company: &'static str,
     accounts: usize,
+    /// Each account's suffixes of its IAM Identity Center roles.
+    sso: Vec<Vec<String>>,
     taken: BTreeMap<String, u32>,
     office_ips: Vec<String>,
 }
 
 impl Cast {
-    fn new(rng: &mut ChaCha8Rng, company: &'static str, accounts: usize) -> Self {
+    fn new(rng: &mut ChaCha8Rng, company: &'static str, accounts: &[Account]) -> Self {
         let office_ips = (0..3).map(|_| public_ip(rng, OFFICE_NETS)).collect();
         Self {
             company,
-            accounts,
+            accounts: accounts.len(),
+            sso: accounts.iter().map(|a| a.sso.clone()).collect(),
             taken: BTreeMap::new(),
             office_ips,
         }
@@ -567,7 +570,8 @@ fn human(rng: &mut ChaCha8Rng, cast: &mut Cast) -> anyhow::Result<Identity> {
     let mix = profile(rng, HUMAN, 8..=20)?;
     let mut who = if rng.gen_bool(0.55) {
         let set = rng.gen_range(0..SSO_SETS.len());
-        let role = format!("AWSReservedSSO_{}_", SSO_SETS[set]);
+        let suffix = cast.sso[account].get(set).map_or("", String::as_str);
+        let role = format!("AWSReservedSSO_{}_{suffix}", SSO_SETS[set]);
         let mut who = identity(Kind::AssumedRole, account, role, mix, rng);
         who.path = "aws-reserved/sso.amazonaws.com/";
         who.session = Session::Stable {
@@ -1320,13 +1324,12 @@ fn role_identity(j: &mut Json, who: &Identity, issue: &Issue) {
     j.obj_field("sessionIssuer");
     j.str_field("type", "Role");
     j.str_field("principalId", &who.principal_id);
-    let role = who.role_name(issue.account);
     j.parts_field(
         "arn",
-        &["arn:aws:iam::", account, ":role/", who.path, &role],
+        &["arn:aws:iam::", account, ":role/", who.path, &who.name],
     );
     j.str_field("accountId", account);
-    j.str_field("userName", &role);
+    j.str_field("userName", &who.name);
     j.close_obj();
     j.obj_field("webIdFederationData");
     j.close_obj();
@@ -1371,23 +1374,6 @@ fn service_identity(j: &mut Json, who: &Identity) {
     j.str_field("type", "AWSService");
     j.str_field("invokedBy", &who.name);
     j.close_obj();
-}
-
-impl Identity {
-    /// SSO role names end in a suffix that belongs to the account.
-    fn role_name(&self, account: &Account) -> String {
-        match self.name.strip_prefix("AWSReservedSSO_") {
-            Some(rest) => {
-                let set = SSO_SETS
-                    .iter()
-                    .position(|s| rest.starts_with(s))
-                    .unwrap_or(0);
-                let suffix = account.sso.get(set).map_or("", String::as_str);
-                format!("{}{suffix}", self.name)
-            }
-            None => self.name.clone(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1836,14 +1822,15 @@ fn ec2_filter(j: &mut Json, rng: &mut ChaCha8Rng, cx: &Cx) {
     } else {
         j.obj_field("filterSet");
         j.arr_field("items");
-        for k in 0..cx.items.min(6) {
-            let (name, value) = EC2_FILTERS[(cx.pick.rotate_left(k * 7) % 5) as usize];
+        for k in 0..cx.items.min(EC2_FILTERS.len() as u32) {
+            let filter = (cx.pick as usize + k as usize) % EC2_FILTERS.len();
             j.open_obj();
-            j.str_field("name", name);
+            j.str_field("name", EC2_FILTERS[filter]);
             j.obj_field("valueSet");
             j.arr_field("items");
             j.open_obj();
-            j.parts_field("value", &[value, cx.account.env]);
+            j.key("value");
+            ec2_filter_value(j, cx, filter);
             j.close_obj();
             j.close_arr();
             j.close_obj();
@@ -1853,6 +1840,19 @@ fn ec2_filter(j: &mut Json, rng: &mut ChaCha8Rng, cx: &Cx) {
         j.close_obj();
     }
     j.close_obj();
+}
+
+fn ec2_filter_value(j: &mut Json, cx: &Cx, filter: usize) {
+    match filter {
+        0 => j.str(cx.account.env),
+        1 => j.str("running"),
+        2 => j.parts(&[cx.account.env, "-", function_name(cx)]),
+        3 => j.string_with(|b| {
+            b.extend_from_slice(b"vpc-0");
+            push_hex(b, cx.account.salt >> 5, 16);
+        }),
+        _ => j.str(TEAMS[(cx.pick % TEAMS.len() as u64) as usize]),
+    }
 }
 
 fn instance_ids(j: &mut Json, _: &mut ChaCha8Rng, cx: &Cx) {
@@ -2976,7 +2976,6 @@ impl Svc {
     fn event_version(self) -> &'static str {
         match self {
             Svc::Ec2 | Svc::Iam | Svc::S3 | Svc::SecretsManager => "1.09",
-            Svc::Signin => "1.08",
             _ => "1.08",
         }
     }
@@ -3134,7 +3133,7 @@ const L: u8 = LINKED;
 const R: u8 = RECON;
 
 static CATALOG: &[Api] = &[
-    read(Svc::Ec2, "DescribeInstances", 40, H | A | L | R, ec2_filter),
+    read(Svc::Ec2, "DescribeInstances", 20, H | A | L | R, ec2_filter),
     read(
         Svc::Ec2,
         "DescribeInstanceStatus",
@@ -3223,12 +3222,12 @@ static CATALOG: &[Api] = &[
         null,
     ),
     with(
-        read(Svc::S3, "GetObject", 15, A, object_request),
+        read(Svc::S3, "GetObject", 8, A, object_request),
         Class::Data,
         Tail::Object,
     ),
     with(
-        write(Svc::S3, "PutObject", 10, A, object_request, null),
+        write(Svc::S3, "PutObject", 5, A, object_request, null),
         Class::Data,
         Tail::Object,
     ),
@@ -3556,12 +3555,13 @@ const METRICS: &[(&str, &str, &str)] = &[
     ("CWAgent", "mem_used_percent", "InstanceId"),
     ("CWAgent", "disk_used_percent", "InstanceId"),
 ];
-const EC2_FILTERS: &[(&str, &str)] = &[
-    ("tag:Environment", ""),
-    ("instance-state-name", "running-"),
-    ("tag:Name", "web-"),
-    ("vpc-id", "vpc-"),
-    ("tag:team", "team-"),
+/// Names of the filters `ec2_filter_value` knows values for.
+const EC2_FILTERS: &[&str] = &[
+    "tag:Environment",
+    "instance-state-name",
+    "tag:Name",
+    "vpc-id",
+    "tag:team",
 ];
 const BROWSERS: &[&str] = &[
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) \
@@ -3601,7 +3601,19 @@ fn public_ip(rng: &mut ChaCha8Rng, nets: &[u8]) -> String {
     )
 }
 
+/// Half in the older style, without the `md/` metadata.
 fn aws_cli(rng: &mut ChaCha8Rng) -> String {
+    if rng.gen_bool(0.5) {
+        return format!(
+            "aws-cli/2.{}.{} Python/3.11.{} Linux/6.1.{}-{}.amzn2023.x86_64 \
+             exe/x86_64.amzn.2023 prompt/off",
+            rng.gen_range(9..=13),
+            rng.gen_range(0..40),
+            rng.gen_range(4..9),
+            rng.gen_range(60..90),
+            rng.gen_range(100..140),
+        );
+    }
     format!(
         "aws-cli/2.{}.{} md/awscrt#0.19.{} ua/2.0 os/linux#6.1.{}-{}.amzn2023.x86_64 \
          md/arch#x86_64 lang/python#3.11.{} md/pyimpl#CPython cfg/retry-mode#standard \
@@ -3615,10 +3627,22 @@ fn aws_cli(rng: &mut ChaCha8Rng) -> String {
     )
 }
 
+/// Mostly in the older style, without the `md/` metadata.
 fn boto3(rng: &mut ChaCha8Rng, exec_env: Option<&str>) -> String {
     let minor = rng.gen_range(28..35);
     let patch = rng.gen_range(0..90);
     let env = exec_env.map_or(String::new(), |e| format!(" exec-env/{e}"));
+    if rng.gen_bool(0.6) {
+        return format!(
+            "Boto3/1.{minor}.{patch} Python/3.{}.{} Linux/5.10.{}-{}.amzn2.x86_64{env} \
+             Botocore/1.{}.{patch}",
+            rng.gen_range(8..12),
+            rng.gen_range(0..12),
+            rng.gen_range(200..220),
+            rng.gen_range(190..210),
+            minor + 3,
+        );
+    }
     format!(
         "Boto3/1.{minor}.{patch} md/Botocore#1.{}.{patch} ua/2.0 os/linux#5.10.{}-{}.amzn2.x86_64 \
          md/arch#x86_64 lang/python#3.{}.{} md/pyimpl#CPython{env} cfg/retry-mode#legacy \
@@ -3632,7 +3656,20 @@ fn boto3(rng: &mut ChaCha8Rng, exec_env: Option<&str>) -> String {
     )
 }
 
+/// Providers before 5.x's move to the v2 SDK wrote the shorter form.
 fn terraform(rng: &mut ChaCha8Rng) -> String {
+    if rng.gen_bool(0.5) {
+        return format!(
+            "Terraform/1.{}.{} (+https://www.terraform.io) terraform-provider-aws/4.{}.0 \
+             aws-sdk-go/1.{}.{} (go1.20.{}; linux; amd64)",
+            rng.gen_range(3..6),
+            rng.gen_range(0..8),
+            rng.gen_range(50..68),
+            rng.gen_range(44..50),
+            rng.gen_range(0..30),
+            rng.gen_range(0..9),
+        );
+    }
     format!(
         "APN/1.0 HashiCorp/1.0 Terraform/1.{}.{} (+https://www.terraform.io) \
          terraform-provider-aws/5.{}.0 (+https://registry.terraform.io/providers/hashicorp/aws) \

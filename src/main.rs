@@ -210,7 +210,7 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
             Service::Demo { follow } => {
                 eprintln!("demo: metrics at http://{address}/metrics");
                 let printed = demo::run(config, follow, metrics, health, shutdown)?;
-                eprintln!("\ndemo: {printed} alerts on the alerts topic; done");
+                eprintln!("demo: {printed} alerts read back from the alerts topic; done");
                 Ok(())
             }
         })

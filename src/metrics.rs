@@ -35,6 +35,15 @@ pub struct Metrics {
     pub partition_watermark_seconds: IntGaugeVec,
     pub open_window_arns: IntGauge,
     pub baseline_arns: IntGauge,
+    pub watermark_lag_seconds: IntGauge,
+    pub partition_lag_seconds: IntGaugeVec,
+    pub consumer_lag_messages: IntGaugeVec,
+    pub state_size_bytes: IntGauge,
+    pub checkpoints: IntCounter,
+    pub checkpoints_deferred: IntCounter,
+    pub producer_errors: IntCounter,
+    pub producer_retries: IntCounter,
+    pub ready: IntGauge,
 }
 
 impl Metrics {
@@ -98,19 +107,51 @@ impl Metrics {
                 "trailspike_watermark_seconds",
                 "Event-time watermark, Unix seconds",
             ),
-            partition_watermark_seconds: IntGaugeVec::new(
-                Opts::new(
-                    "trailspike_partition_high_water_seconds",
-                    "Highest event time seen per input partition, Unix seconds",
-                ),
-                &["partition"],
-            )
-            .unwrap_or_else(|e| unreachable!("static gauge options: {e}")),
+            partition_watermark_seconds: gauge_vec(
+                "trailspike_partition_high_water_seconds",
+                "Highest event time seen per input partition, Unix seconds",
+                "partition",
+            ),
             open_window_arns: gauge(
                 "trailspike_open_window_arns",
                 "(window, ARN) pairs held in open windows",
             ),
             baseline_arns: gauge("trailspike_baseline_arns", "ARNs with a baseline"),
+            watermark_lag_seconds: gauge(
+                "trailspike_watermark_lag_seconds",
+                "Wall clock minus the event-time watermark",
+            ),
+            partition_lag_seconds: gauge_vec(
+                "trailspike_partition_high_water_lag_seconds",
+                "Wall clock minus the highest event time seen, per input partition",
+                "partition",
+            ),
+            consumer_lag_messages: gauge_vec(
+                "trailspike_consumer_lag_messages",
+                "Messages behind the end of each input partition (librdkafka statistics)",
+                "partition",
+            ),
+            state_size_bytes: gauge(
+                "trailspike_state_size_bytes",
+                "Size of the state store on disk",
+            ),
+            checkpoints: counter(
+                "trailspike_checkpoints_total",
+                "State checkpoints written",
+            ),
+            checkpoints_deferred: counter(
+                "trailspike_checkpoints_deferred_total",
+                "Checkpoints put off because the broker had not acknowledged in time",
+            ),
+            producer_errors: counter(
+                "trailspike_producer_errors_total",
+                "Produce requests that failed at the broker (librdkafka statistics)",
+            ),
+            producer_retries: counter(
+                "trailspike_producer_retries_total",
+                "Produce requests retried (librdkafka statistics)",
+            ),
+            ready: gauge("trailspike_ready", "1 when /readyz reports ready, else 0"),
             registry,
         };
         metrics.register_all();
@@ -118,7 +159,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(self.messages_consumed.clone()),
             Box::new(self.records_counted.clone()),
@@ -134,6 +175,15 @@ impl Metrics {
             Box::new(self.partition_watermark_seconds.clone()),
             Box::new(self.open_window_arns.clone()),
             Box::new(self.baseline_arns.clone()),
+            Box::new(self.watermark_lag_seconds.clone()),
+            Box::new(self.partition_lag_seconds.clone()),
+            Box::new(self.consumer_lag_messages.clone()),
+            Box::new(self.state_size_bytes.clone()),
+            Box::new(self.checkpoints.clone()),
+            Box::new(self.checkpoints_deferred.clone()),
+            Box::new(self.producer_errors.clone()),
+            Box::new(self.producer_retries.clone()),
+            Box::new(self.ready.clone()),
         ];
         for collector in collectors {
             // Names are distinct constants; a clash is a bug in this file.
@@ -217,6 +267,46 @@ impl Metrics {
         tracing::debug!(window_start = start, arns, seconds, "window closed");
     }
 
+    /// Sets the event-time gauges: the watermark, and each partition's
+    /// high-water mark, with their lag behind `now_unix`.
+    pub fn event_time_progress(
+        &self,
+        watermark: i64,
+        partitions: impl Iterator<Item = (i32, Option<i64>)>,
+        now_unix: i64,
+    ) {
+        if watermark > i64::MIN {
+            self.watermark_seconds.set(watermark);
+            self.watermark_lag_seconds
+                .set(now_unix.saturating_sub(watermark));
+        }
+        for (partition, high_water) in partitions {
+            let Some(high_water) = high_water else {
+                continue;
+            };
+            let label = partition.to_string();
+            self.partition_watermark_seconds
+                .with_label_values(&[&label])
+                .set(high_water);
+            self.partition_lag_seconds
+                .with_label_values(&[&label])
+                .set(now_unix.saturating_sub(high_water));
+        }
+    }
+
+    /// Drops the per-partition series of a partition this process no
+    /// longer reads, so dashboards do not show a stale value for it.
+    pub fn forget_partition(&self, partition: i32) {
+        let label = partition.to_string();
+        for vec in [
+            &self.partition_watermark_seconds,
+            &self.partition_lag_seconds,
+            &self.consumer_lag_messages,
+        ] {
+            let _ = vec.remove_label_values(&[&label]);
+        }
+    }
+
     /// Counter value for a label, for summaries and tests.
     pub fn count(vec: &IntCounterVec, label: &str) -> u64 {
         vec.with_label_values(&[label]).get()
@@ -236,6 +326,11 @@ fn counter(name: &str, help: &str) -> IntCounter {
 
 fn gauge(name: &str, help: &str) -> IntGauge {
     IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static gauge {name}: {e}"))
+}
+
+fn gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| unreachable!("static gauge {name}: {e}"))
 }
 
 fn counter_vec(name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,7 @@ const WINDOW: u8 = b'w';
 const SOURCE: u8 = b's';
 const OUTBOX: u8 = b'o';
 const WATERMARK_KEY: &[u8] = b"mwatermark";
+const BASELINE_COUNT_KEY: &[u8] = b"mbaseline_count";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +83,9 @@ pub struct SourceProgress {
 pub struct StateStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Kept in the store beside the baselines, so that knowing how many
+    /// there are never needs a scan of them.
+    baseline_count: AtomicU64,
 }
 
 impl StateStore {
@@ -106,7 +111,23 @@ impl StateStore {
 
     fn with_db(db: sled::Db) -> Result<StateStore, StoreError> {
         let tree = db.open_tree("state")?;
-        Ok(StateStore { db, tree })
+        let store = StateStore {
+            db,
+            tree,
+            baseline_count: AtomicU64::new(0),
+        };
+        let count = match store.tree.get(BASELINE_COUNT_KEY)? {
+            Some(bytes) => decode(&bytes, BASELINE_COUNT_KEY)?,
+            None => store.count_baselines()?,
+        };
+        store.baseline_count.store(count, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn count_baselines(&self) -> Result<u64, StoreError> {
+        let count = self.tree.scan_prefix([BASELINE]).count() as u64;
+        self.tree.insert(BASELINE_COUNT_KEY, encode(&count))?;
+        Ok(count)
     }
 
     pub fn baseline(&self, arn: &str) -> Result<Option<Baseline>, StoreError> {
@@ -127,8 +148,8 @@ impl StateStore {
         })
     }
 
-    pub fn baseline_count(&self) -> usize {
-        self.tree.scan_prefix([BASELINE]).count()
+    pub fn baseline_count(&self) -> u64 {
+        self.baseline_count.load(Ordering::Relaxed)
     }
 
     /// Every open window entry saved at the last checkpoint.
@@ -190,6 +211,7 @@ impl StateStore {
             baselines: HashMap::new(),
             batch: sled::Batch::default(),
             new_alerts: Vec::new(),
+            new_baselines: 0,
         }
     }
 
@@ -260,6 +282,8 @@ impl StateStore {
             rows += 1;
         }
         self.tree.apply_batch(batch)?;
+        let count = self.count_baselines()?;
+        self.baseline_count.store(count, Ordering::Relaxed);
         self.flush()?;
         Ok(rows)
     }
@@ -339,6 +363,7 @@ pub struct Changes<'s> {
     baselines: HashMap<Box<str>, Baseline>,
     batch: sled::Batch,
     new_alerts: Vec<OutboxEntry>,
+    new_baselines: u64,
 }
 
 impl Changes<'_> {
@@ -349,7 +374,9 @@ impl Changes<'_> {
         }
     }
 
-    pub fn set_baseline(&mut self, arn: &str, baseline: Baseline) {
+    /// Sets `arn`'s baseline; `is_new` when the ARN had none before.
+    pub fn set_baseline(&mut self, arn: &str, baseline: Baseline, is_new: bool) {
+        self.new_baselines += u64::from(is_new);
         self.baselines.insert(arn.into(), baseline);
     }
 
@@ -391,7 +418,12 @@ impl Changes<'_> {
             self.batch
                 .insert(key(BASELINE, arn.as_bytes()), encode(baseline));
         }
+        let count = self.store.baseline_count() + self.new_baselines;
+        if self.new_baselines > 0 {
+            self.batch.insert(BASELINE_COUNT_KEY, encode(&count));
+        }
         self.store.tree.apply_batch(self.batch)?;
+        self.store.baseline_count.store(count, Ordering::Relaxed);
         self.store.flush()?;
         Ok(queued)
     }
@@ -480,7 +512,7 @@ mod tests {
         {
             let store = StateStore::open(dir.path()).unwrap();
             let mut changes = store.changes();
-            changes.set_baseline("a", baseline(3));
+            changes.set_baseline("a", baseline(3), true);
             assert_eq!(changes.baseline("a").unwrap(), Some(baseline(3)));
             assert_eq!(store.baseline("a").unwrap(), None);
             changes.put_watermark(-5);
@@ -534,8 +566,8 @@ mod tests {
     fn csv_round_trips_with_the_lookup_header() {
         let store = StateStore::temporary().unwrap();
         let mut changes = store.changes();
-        changes.set_baseline("arn:aws:iam::1:user/a", baseline(4));
-        changes.set_baseline("arn:aws:iam::1:user/b,c", baseline(7));
+        changes.set_baseline("arn:aws:iam::1:user/a", baseline(4), true);
+        changes.set_baseline("arn:aws:iam::1:user/b,c", baseline(7), true);
         changes.commit().unwrap();
         let mut csv = Vec::new();
         assert_eq!(store.export_csv(&mut csv).unwrap(), 2);
@@ -543,8 +575,10 @@ mod tests {
         assert!(
             text.starts_with("arn,latestCount,numDataPoints,avgApiCalls,stdevApiCalls\n")
         );
+        assert_eq!(store.baseline_count(), 2);
         let copy = StateStore::temporary().unwrap();
         assert_eq!(copy.import_csv(csv.as_slice(), 0).unwrap(), 2);
+        assert_eq!(copy.baseline_count(), 2);
         let b = copy.baseline("arn:aws:iam::1:user/b,c").unwrap().unwrap();
         assert_eq!(b, baseline(7));
     }

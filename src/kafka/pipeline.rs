@@ -137,6 +137,7 @@ struct Pipeline<'c> {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     last_checkpoint: Instant,
+    last_report: Instant,
 }
 
 /// `topic/partition@offset`, built only when a log line needs it.
@@ -179,11 +180,12 @@ impl<'c> Pipeline<'c> {
             "state loaded"
         );
         metrics.baseline_arns.set(store.baseline_count() as i64);
-        let (sink, deliveries) =
-            Sink::create(&config.kafka).map_err(kafka("creating producer"))?;
+        let (sink, deliveries) = Sink::create(&config.kafka, metrics.clone())
+            .map_err(kafka("creating producer"))?;
         resend_outbox(config, &store, &sink, shutdown)?;
-        let consumer = source::create(&config.kafka, Positions::new(positions))
-            .map_err(kafka("creating consumer"))?;
+        let consumer =
+            source::create(&config.kafka, Positions::new(positions), metrics.clone())
+                .map_err(kafka("creating consumer"))?;
         health.state_loaded.store(true, Ordering::Relaxed);
         Ok(Pipeline {
             config,
@@ -195,6 +197,7 @@ impl<'c> Pipeline<'c> {
             metrics,
             health,
             last_checkpoint: Instant::now(),
+            last_report: Instant::now(),
         })
     }
 
@@ -210,6 +213,7 @@ impl<'c> Pipeline<'c> {
             self.apply_assignment_changes();
             self.drain_deliveries()?;
             self.engine.windows_mut().advance_watermark(now_ms());
+            self.report_progress();
             if self.engine.windows().has_ready()
                 || self.last_checkpoint.elapsed() >= interval
             {
@@ -225,6 +229,17 @@ impl<'c> Pipeline<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Publishes event-time progress and readiness, at most once a second.
+    fn report_progress(&mut self) {
+        if self.last_report.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_report = Instant::now();
+        self.engine.report_progress(now_ms() / 1000);
+        let ready = self.health.not_ready_reasons().is_empty();
+        self.metrics.ready.set(i64::from(ready));
     }
 
     /// Handles the messages available now, waiting briefly for the first.
@@ -269,6 +284,7 @@ impl<'c> Pipeline<'c> {
                 AssignmentChange::Revoked(partitions) => {
                     for partition in partitions {
                         self.engine.windows_mut().remove_source(partition);
+                        self.metrics.forget_partition(partition);
                     }
                 }
             }
@@ -308,6 +324,7 @@ impl<'c> Pipeline<'c> {
         if let Err(error) = self.sink.flush(FLUSH_TIMEOUT) {
             tracing::warn!(%error, in_flight = self.sink.in_flight(), "broker has not acknowledged; checkpoint put off");
             self.health.broker_reachable.store(false, Ordering::Relaxed);
+            self.metrics.checkpoints_deferred.inc();
             return Ok(false);
         }
         self.health.broker_reachable.store(true, Ordering::Relaxed);
@@ -325,10 +342,12 @@ impl<'c> Pipeline<'c> {
                 .send_alert(*seq, &entry.key, &entry.payload)
                 .map_err(kafka("queueing an alert"))?;
         }
-        if !queued.is_empty() {
-            self.metrics
-                .baseline_arns
-                .set(self.store.baseline_count() as i64);
+        self.metrics.checkpoints.inc();
+        self.metrics
+            .baseline_arns
+            .set(self.store.baseline_count() as i64);
+        if let Ok(bytes) = self.store.size_on_disk() {
+            self.metrics.state_size_bytes.set(bytes as i64);
         }
         self.commit_offsets(&positions, CommitMode::Async);
         Ok(true)

@@ -6,6 +6,7 @@
 //! could not be written stops the pipeline before its offset is saved.
 
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -13,11 +14,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::engine::DeadLetter;
+use crate::metrics::Metrics;
 
 use super::{default_to, producer_config, require};
 
@@ -45,11 +48,32 @@ pub type Delivery = (Delivered, Result<(), String>);
 
 pub struct SinkContext {
     deliveries: Sender<Delivery>,
+    metrics: Arc<Metrics>,
+    /// librdkafka's statistics are totals since start; the counters take
+    /// the difference from the last report.
+    last_totals: Mutex<(u64, u64)>,
 }
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka producer error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let errors = statistics.brokers.values().map(|b| b.txerrs).sum::<u64>();
+        let retries = statistics
+            .brokers
+            .values()
+            .map(|b| b.txretries)
+            .sum::<u64>();
+        let mut last = self.last_totals.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics
+            .producer_errors
+            .inc_by(errors.saturating_sub(last.0));
+        self.metrics
+            .producer_retries
+            .inc_by(retries.saturating_sub(last.1));
+        *last = (errors.max(last.0), retries.max(last.1));
     }
 }
 
@@ -79,7 +103,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn create(kafka: &KafkaConfig) -> KafkaResult<(Sink, Receiver<Delivery>)> {
+    pub fn create(
+        kafka: &KafkaConfig,
+        metrics: Arc<Metrics>,
+    ) -> KafkaResult<(Sink, Receiver<Delivery>)> {
         let mut config = producer_config(kafka);
         default_to(
             &mut config,
@@ -88,6 +115,8 @@ impl Sink {
                 ("linger.ms", "5"),
                 // Room for dead-lettering the largest input message.
                 ("message.max.bytes", "16777216"),
+                // Feeds the producer error and retry counters.
+                ("statistics.interval.ms", "5000"),
             ],
         );
         require(
@@ -101,7 +130,11 @@ impl Sink {
             ],
         );
         let (sender, receiver) = mpsc::channel();
-        let producer = config.create_with_context(SinkContext { deliveries: sender })?;
+        let producer = config.create_with_context(SinkContext {
+            deliveries: sender,
+            metrics,
+            last_totals: Mutex::new((0, 0)),
+        })?;
         let sink = Sink {
             producer,
             alerts_topic: kafka.alerts_topic.clone(),

@@ -7,15 +7,17 @@
 //! offset from [`Positions`] before assigning it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
 use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::window::SourceId;
 
 use super::{consumer_config, default_to, require};
@@ -67,15 +69,21 @@ impl Positions {
 
 pub struct SourceContext {
     topic: String,
+    metrics: Arc<Metrics>,
     pub positions: Positions,
     changes: Mutex<Vec<AssignmentChange>>,
     assigned: Mutex<BTreeSet<SourceId>>,
 }
 
 impl SourceContext {
-    pub fn new(topic: &str, positions: Positions) -> SourceContext {
+    pub fn new(
+        topic: &str,
+        positions: Positions,
+        metrics: Arc<Metrics>,
+    ) -> SourceContext {
         SourceContext {
             topic: topic.to_string(),
+            metrics,
             positions,
             changes: Mutex::new(Vec::new()),
             assigned: Mutex::new(BTreeSet::new()),
@@ -135,6 +143,22 @@ impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka consumer error");
     }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let assigned = self.assigned();
+        for (partition, stats) in &topic.partitions {
+            // librdkafka reports -1 until it knows both ends.
+            if assigned.contains(partition) && stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag_messages
+                    .with_label_values(&[&partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {
@@ -186,7 +210,11 @@ impl ConsumerContext for SourceContext {
 pub type Source = BaseConsumer<SourceContext>;
 
 /// Creates the consumer and subscribes it to the input topic.
-pub fn create(kafka: &KafkaConfig, positions: Positions) -> KafkaResult<Source> {
+pub fn create(
+    kafka: &KafkaConfig,
+    positions: Positions,
+    metrics: Arc<Metrics>,
+) -> KafkaResult<Source> {
     let mut config = consumer_config(kafka);
     default_to(
         &mut config,
@@ -210,7 +238,7 @@ pub fn create(kafka: &KafkaConfig, positions: Positions) -> KafkaResult<Source> 
             ("enable.auto.offset.store", "false"),
         ],
     );
-    let context = SourceContext::new(&kafka.input_topic, positions);
+    let context = SourceContext::new(&kafka.input_topic, positions, metrics);
     let consumer: Source = config.create_with_context(context)?;
     consumer.subscribe(&[&kafka.input_topic])?;
     Ok(consumer)
