@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Suppression, SuppressionRule};
 use crate::baseline::Smoothing;
 use crate::detect::Thresholds;
+use crate::ocsf::AlertFormat;
 use crate::parse::ParseOptions;
 use crate::window::WindowSpec;
 
@@ -119,6 +120,9 @@ impl Default for DetectionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
+    /// `native` (the documented trailspike JSON) or `ocsf` (OCSF 1.3
+    /// Detection Finding, class 2004).
+    pub format: AlertFormat,
     /// Longest `eventName` list in an alert; `uniqueApisCalled` stays exact.
     pub event_name_cap: usize,
     /// After an alert for an ARN, suppress its alerts for this long
@@ -130,6 +134,7 @@ pub struct AlertsConfig {
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
+            format: AlertFormat::Native,
             event_name_cap: 100,
             throttle: Duration::ZERO,
         }
@@ -278,10 +283,10 @@ impl Config {
     /// Loads defaults, then `file` if given, then the environment, and
     /// checks the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, Env::prefixed(ENV_PREFIX))
+        Self::load_from(file, ENV_PREFIX)
     }
 
-    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+    fn load_from(file: Option<&Path>, prefix: &str) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -294,10 +299,19 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         // Only `SECTION__KEY` variables are config; others with the prefix
-        // (TRAILSPIKE_CONFIG, test settings) are not.
-        let env = env.filter(|key| key.as_str().contains("__")).split("__");
+        // (TRAILSPIKE_CONFIG, test settings) are not. librdkafka properties
+        // are taken as raw text below: parsed, a password of digits would
+        // turn into a number, fail to extract, and be quoted in the error.
+        let env = Env::prefixed(prefix)
+            .filter(|key| {
+                key.as_str().contains("__") && property_path(key.as_str()).is_none()
+            })
+            .split("__");
+        figment = figment.merge(env);
+        for (path, value) in raw_property_variables(prefix) {
+            figment = figment.merge(Serialized::default(&path, value));
+        }
         let config: Config = figment
-            .merge(env)
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
@@ -374,6 +388,28 @@ fn toml_string(config: &Config) -> String {
     // bug in the types, shown in place of the config rather than hidden.
     toml::to_string_pretty(config)
         .unwrap_or_else(|e| format!("# cannot render config: {e}"))
+}
+
+/// The config path (`kafka.properties.sasl_password`) of a variable name
+/// without its prefix (`KAFKA__PROPERTIES__SASL_PASSWORD`), when it is a
+/// librdkafka property.
+fn property_path(unprefixed: &str) -> Option<String> {
+    let parts: Vec<String> = unprefixed.split("__").map(str::to_lowercase).collect();
+    let is_property_map = matches!(
+        parts.get(1).map(String::as_str),
+        Some("properties" | "consumer_properties" | "producer_properties")
+    );
+    (parts.len() == 3 && parts[0] == "kafka" && is_property_map).then(|| parts.join("."))
+}
+
+/// librdkafka properties from the environment, as the exact text given.
+fn raw_property_variables(prefix: &str) -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(name, value)| {
+            let unprefixed = name.strip_prefix(prefix)?;
+            Some((property_path(unprefixed)?, value))
+        })
+        .collect()
 }
 
 /// librdkafka properties whose values must never be printed or logged.
@@ -537,15 +573,20 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("t.toml", "[detection]\nwindow = \"2h\"\n")?;
             jail.set_env("TSTEST_DETECTION__WINDOW", "30m");
-            jail.set_env("TSTEST_KAFKA__PROPERTIES__SASL_PASSWORD", "hunter2");
+            jail.set_env("TSTEST_KAFKA__PROPERTIES__SASL_PASSWORD", "0123456789");
+            jail.set_env("TSTEST_KAFKA__CONSUMER_PROPERTIES__FETCH_WAIT_MAX_MS", "50");
             jail.set_env("TSTEST_CONFIG", "ignored.toml");
-            let config =
-                Config::load_from(Some(Path::new("t.toml")), Env::prefixed("TSTEST_"))
-                    .map_err(|e| e.to_string())?;
+            let config = Config::load_from(Some(Path::new("t.toml")), "TSTEST_")
+                .map_err(|e| e.to_string())?;
             assert_eq!(config.detection.window, Duration::from_secs(1800));
             let properties = config.kafka.librdkafka_properties();
-            assert_eq!(properties["sasl.password"], "hunter2");
-            assert!(!config.to_redacted_toml().contains("hunter2"));
+            assert_eq!(
+                properties["sasl.password"], "0123456789",
+                "digits stay text"
+            );
+            assert!(!config.to_redacted_toml().contains("0123456789"));
+            let consumer = config.kafka.consumer_librdkafka_properties();
+            assert_eq!(consumer["fetch.wait.max.ms"], "50");
             Ok(())
         });
     }

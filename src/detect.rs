@@ -53,6 +53,9 @@ pub struct Detector {
 pub struct Verdicts {
     pub alerts: Vec<Alert>,
     pub suppressed: Vec<(Alert, SuppressedBy)>,
+    /// ARNs whose baseline already includes this window (history replayed
+    /// twice, or older than an imported baseline): left unchanged.
+    pub already_applied: usize,
 }
 
 impl Detector {
@@ -69,6 +72,10 @@ impl Detector {
         for arn in arns {
             let activity = &window.arns[arn];
             let previous = changes.baseline(arn)?;
+            if previous.is_some_and(|b| b.last_window_start >= window.start) {
+                verdicts.already_applied += 1;
+                continue;
+            }
             let mut updated = baseline::update(
                 previous.as_ref(),
                 activity.count,

@@ -14,6 +14,7 @@ use crate::alert::Alert;
 use crate::config::{Config, ConfigError};
 use crate::detect::Detector;
 use crate::metrics::{Metrics, Origin};
+use crate::ocsf::AlertFormat;
 use crate::parse::{MessageBody, ParseOptions, RecordOutcome, RejectReason};
 use crate::store::{Changes, OutboxEntry, SourceProgress, StateStore, StoreError};
 use crate::window::{Admission, SourceId, Windows};
@@ -35,6 +36,7 @@ pub struct Engine {
     parse: ParseOptions,
     max_future_skew_secs: i64,
     dead_letter_late: bool,
+    format: AlertFormat,
     metrics: Arc<Metrics>,
 }
 
@@ -57,6 +59,7 @@ impl Engine {
             parse: config.parse_options(),
             max_future_skew_secs: detection.max_future_skew.as_secs() as i64,
             dead_letter_late: detection.dead_letter_late_records,
+            format: config.alerts.format,
             metrics,
         })
     }
@@ -233,6 +236,8 @@ impl Engine {
             for arn in window.arns.keys() {
                 changes.remove_window(window.start, arn);
             }
+            self.metrics
+                .windows_already_applied(verdicts.already_applied);
             for (alert, by) in &verdicts.suppressed {
                 self.metrics.alert_suppressed(alert, *by);
             }
@@ -241,7 +246,7 @@ impl Engine {
                 changes.enqueue_alert(OutboxEntry {
                     queued_ms: now_ms,
                     key: alert.user.clone(),
-                    payload: alert.to_json(),
+                    payload: self.format.render(&alert),
                 });
                 alerts.push(alert);
             }

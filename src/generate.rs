@@ -3266,7 +3266,7 @@ static CATALOG: &[Api] = &[
     with(
         Api {
             response: assume_role_response,
-            ..read(Svc::Sts, "AssumeRole", 20, A | SVC, assume_role_request)
+            ..read(Svc::Sts, "AssumeRole", 10, A | SVC, assume_role_request)
         },
         Class::Management,
         Tail::Role,
@@ -3299,7 +3299,7 @@ static CATALOG: &[Api] = &[
     read(Svc::Monitoring, "GetMetricData", 15, A, metric_data),
     write(Svc::Monitoring, "PutMetricAlarm", 1, A, put_alarm, null),
     with(
-        read(Svc::Kms, "Decrypt", 20, A, kms_decrypt),
+        read(Svc::Kms, "Decrypt", 12, A, kms_decrypt),
         Class::Management,
         Tail::Key,
     ),

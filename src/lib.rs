@@ -8,6 +8,7 @@
 //! - [`baseline`]: the running mean and deviation of each ARN;
 //! - [`detect`]: the spike rule, and closing a window into verdicts;
 //! - [`alert`]: the alert schema, its id, and suppression rules;
+//! - [`ocsf`]: the alert as an OCSF Detection Finding;
 //! - [`store`]: state in sled, committed in atomic checkpoints;
 //! - [`engine`]: the stages above as one unit that drivers feed;
 //! - [`replay`]: the driver for files (`replay`, `backfill`);
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod generate;
 pub mod kafka;
 pub mod metrics;
+pub mod ocsf;
 pub mod parse;
 pub mod replay;
 pub mod server;

@@ -143,7 +143,9 @@ fn init_logging(config: &Config, command: &Command) {
         .unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(io::stderr)
+        // Colour only for a person at a terminal, not for log collectors.
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()));
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -281,7 +283,7 @@ fn replay_files(
     let mut out = BufWriter::new(stdout.lock());
     let mut on_alert = |alert: &trailspike::alert::Alert| {
         if print_alerts {
-            writeln!(out, "{}", alert.to_json())?;
+            writeln!(out, "{}", config.alerts.format.render(alert))?;
         }
         Ok(())
     };
@@ -329,7 +331,8 @@ fn summary(metrics: &Metrics, alerts_printed: bool) -> String {
     };
     format!(
         "messages {}\ncounted {}\nlate {}\nskipped {skipped}\nrejected {rejected}\n\
-         windows closed {}\n{alerts_word} {}\nsuppressed {}\nbaselines {}",
+         windows closed {}\n{alerts_word} {}\nsuppressed {}\nbaselines {}\n\
+         already in baseline (not applied again) {}",
         metrics.messages_consumed.get(),
         metrics.records_counted.get(),
         metrics.records_late.get(),
@@ -337,6 +340,7 @@ fn summary(metrics: &Metrics, alerts_printed: bool) -> String {
         metrics.alerts_produced.get(),
         by_reason(&metrics.alerts_suppressed, &["rule", "throttle"]),
         metrics.baseline_arns.get(),
+        metrics.baseline_updates_skipped.get(),
     )
 }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub producer_errors: IntCounter,
     pub producer_retries: IntCounter,
     pub ready: IntGauge,
+    pub baseline_updates_skipped: IntCounter,
 }
 
 impl Metrics {
@@ -152,6 +153,10 @@ impl Metrics {
                 "Produce requests retried (librdkafka statistics)",
             ),
             ready: gauge("trailspike_ready", "1 when /readyz reports ready, else 0"),
+            baseline_updates_skipped: counter(
+                "trailspike_baseline_updates_skipped_total",
+                "ARN windows not applied because the baseline already includes them",
+            ),
             registry,
         };
         metrics.register_all();
@@ -159,7 +164,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+            Box::new(self.baseline_updates_skipped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(self.messages_consumed.clone()),
             Box::new(self.records_counted.clone()),
@@ -259,6 +265,14 @@ impl Metrics {
             rule,
             "spike suppressed"
         );
+    }
+
+    /// ARN windows skipped because their baselines already include them.
+    pub fn windows_already_applied(&self, arns: usize) {
+        if arns > 0 {
+            self.baseline_updates_skipped.inc_by(arns as u64);
+            tracing::info!(arns, "window already in these baselines; not applied again");
+        }
     }
 
     pub fn window_closed(&self, start: i64, arns: usize, seconds: f64) {

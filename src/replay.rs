@@ -222,14 +222,19 @@ impl MessageReader {
         } else {
             Box::new(buffered)
         };
+        // Blank lines before the first content do not decide the format.
         let mut first = Vec::new();
-        reader.read_until(b'\n', &mut first)?;
-        let whole_document = ends_mid_value(&first);
+        let mut blank_lines = 0;
+        while reader.read_until(b'\n', &mut first)? > 0 && is_blank(&first) {
+            first.clear();
+            blank_lines += 1;
+        }
+        let whole_document = starts_log_file(&first);
         Ok(MessageReader {
             reader,
             pending: Some(first),
             whole_document,
-            line: 0,
+            line: blank_lines,
         })
     }
 
@@ -272,13 +277,24 @@ impl MessageReader {
     }
 }
 
-/// Whether `first_line` starts a JSON value that it does not finish: the
-/// mark of a pretty-printed CloudTrail log file rather than JSON lines.
-fn ends_mid_value(first_line: &[u8]) -> bool {
-    match serde_json::from_slice::<serde::de::IgnoredAny>(first_line) {
-        Ok(_) => false,
-        Err(e) => e.is_eof() && first_line.iter().any(|b| !b.is_ascii_whitespace()),
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Whether `first_line` opens a pretty-printed CloudTrail log file: a lone
+/// `{`, or `{"Records": [` continued on the next lines. Any other first
+/// line means JSON lines, so a first record cut short costs only itself.
+fn starts_log_file(first_line: &[u8]) -> bool {
+    let text = first_line.trim_ascii();
+    if text == b"{" {
+        return true;
     }
+    let opens_records = text
+        .strip_prefix(b"{")
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"\"Records\""));
+    opens_records
+        && serde_json::from_slice::<serde::de::IgnoredAny>(text)
+            .is_err_and(|e| e.is_eof())
 }
 
 #[cfg(test)]
@@ -305,6 +321,24 @@ mod tests {
         let seen = messages(b"{\n  \"Records\": [\n {\"x\": 1}\n ]\n}\n");
         assert_eq!(seen.len(), 1);
         assert!(seen[0].1.contains("Records"));
+    }
+
+    #[test]
+    fn a_log_file_after_blank_lines_is_still_one_message() {
+        let seen = messages(b"\n  \n{\"Records\": [\n {\"x\": 1}\n ]}\n");
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn a_first_record_cut_short_costs_only_itself() {
+        let seen = messages(b"{\"eventTime\":\"x\",\"userIdentity\":{\n{\"b\":2}\n");
+        assert_eq!(
+            seen,
+            [
+                (1, "{\"eventTime\":\"x\",\"userIdentity\":{".into()),
+                (2, "{\"b\":2}".into())
+            ]
+        );
     }
 
     #[test]

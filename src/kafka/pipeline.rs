@@ -504,14 +504,7 @@ fn resend_outbox(
 }
 
 fn alert_id(payload: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        #[serde(rename = "alertId")]
-        alert_id: String,
-    }
-    serde_json::from_str::<Id>(payload)
-        .ok()
-        .map(|id| id.alert_id)
+    crate::ocsf::alert_id_in(payload.as_bytes())
 }
 
 /// Retries `attempt` with exponential backoff until it succeeds or

@@ -18,7 +18,6 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Offset;
-use serde::Deserialize;
 
 use crate::config::KafkaConfig;
 
@@ -27,12 +26,6 @@ use super::{consumer_config, require};
 /// Slack for the broker's timestamp of a message written right after it
 /// was queued.
 const CLOCK_SLACK_MS: i64 = 1_000;
-
-#[derive(Deserialize)]
-struct AlertIdOnly<'a> {
-    #[serde(rename = "alertId", borrow)]
-    alert_id: std::borrow::Cow<'a, str>,
-}
 
 /// Which of `wanted` are on the alerts topic in messages written at or
 /// after `since_ms` (wall-clock milliseconds).
@@ -148,11 +141,9 @@ fn read_ids(
         if message.offset() + 1 >= ends[&message.partition()] {
             remaining.remove(&message.partition());
         }
-        let id = message
-            .payload()
-            .and_then(|payload| serde_json::from_slice::<AlertIdOnly<'_>>(payload).ok());
-        if let Some(id) = id.filter(|id| wanted.contains(id.alert_id.as_ref())) {
-            found.insert(id.alert_id.into_owned());
+        let id = message.payload().and_then(crate::ocsf::alert_id_in);
+        if let Some(id) = id.filter(|id| wanted.contains(id)) {
+            found.insert(id);
         }
     }
     tracing::debug!(topic, found = found.len(), "alerts topic read back");
