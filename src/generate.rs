@@ -1054,7 +1054,7 @@ impl<'a> Run<'a> {
                 recon: false,
             };
             self.slots
-                .extend(std::iter::repeat(slot).take(count as usize));
+                .extend(std::iter::repeat_n(slot, count as usize));
         }
         for &(ident, extra) in &self.recon {
             let slot = Slot {
@@ -1062,7 +1062,7 @@ impl<'a> Run<'a> {
                 recon: true,
             };
             self.slots
-                .extend(std::iter::repeat(slot).take(extra as usize));
+                .extend(std::iter::repeat_n(slot, extra as usize));
         }
         self.slots.shuffle(&mut self.rng);
         let (lo, hi) = (hour.lo - hour.unix_start, hour.hi - hour.unix_start);
