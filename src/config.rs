@@ -227,6 +227,11 @@ pub struct StateConfig {
     /// window closes; the most work a crash can make the pipeline redo.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// A baseline whose ARN has made no call for this long (event time) is
+    /// deleted, so identities that are gone do not hold memory and disk
+    /// forever; `0s` keeps every baseline.
+    #[serde(with = "humantime_serde")]
+    pub baseline_ttl: Duration,
 }
 
 impl Default for StateConfig {
@@ -234,6 +239,7 @@ impl Default for StateConfig {
         StateConfig {
             dir: PathBuf::from("./trailspike-state"),
             checkpoint_interval: Duration::from_secs(5),
+            baseline_ttl: Duration::from_secs(90 * 86_400),
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct Engine {
     max_future_skew_secs: i64,
     dead_letter_late: bool,
     format: AlertFormat,
+    /// 0 keeps baselines forever.
+    baseline_ttl_secs: i64,
+    /// Event-time day of the last expiry sweep.
+    last_sweep_day: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -60,6 +64,8 @@ impl Engine {
             max_future_skew_secs: detection.max_future_skew.as_secs() as i64,
             dead_letter_late: detection.dead_letter_late_records,
             format: config.alerts.format,
+            baseline_ttl_secs: config.state.baseline_ttl.as_secs() as i64,
+            last_sweep_day: i64::MIN,
             metrics,
         })
     }
@@ -254,10 +260,32 @@ impl Engine {
             self.metrics
                 .window_closed(window.start, window.arns.len(), seconds);
         }
+        self.expire_idle_baselines(changes)?;
         self.metrics
             .open_window_arns
             .set(self.windows.open_arn_windows() as i64);
         Ok(alerts)
+    }
+
+    /// Deletes baselines idle for longer than the TTL, once per day of
+    /// event time: a scan of every baseline is too dear for every window.
+    fn expire_idle_baselines(
+        &mut self,
+        changes: &mut Changes<'_>,
+    ) -> Result<(), StoreError> {
+        let watermark = self.windows.watermark();
+        let day = watermark.div_euclid(86_400);
+        if self.baseline_ttl_secs == 0
+            || watermark == i64::MIN
+            || day <= self.last_sweep_day
+        {
+            return Ok(());
+        }
+        self.last_sweep_day = day;
+        let cutoff = watermark - self.baseline_ttl_secs;
+        let expired = changes.expire_baselines(cutoff)?;
+        self.metrics.baselines_expired(expired, cutoff);
+        Ok(())
     }
 
     /// Publishes the watermark and each source's high-water mark.

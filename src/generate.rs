@@ -1053,16 +1053,14 @@ impl<'a> Run<'a> {
                 ident: ident as u32,
                 recon: false,
             };
-            self.slots
-                .extend(std::iter::repeat_n(slot, count as usize));
+            self.slots.extend(std::iter::repeat_n(slot, count as usize));
         }
         for &(ident, extra) in &self.recon {
             let slot = Slot {
                 ident: ident as u32,
                 recon: true,
             };
-            self.slots
-                .extend(std::iter::repeat_n(slot, extra as usize));
+            self.slots.extend(std::iter::repeat_n(slot, extra as usize));
         }
         self.slots.shuffle(&mut self.rng);
         let (lo, hi) = (hour.lo - hour.unix_start, hour.hi - hour.unix_start);

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub producer_retries: IntCounter,
     pub ready: IntGauge,
     pub baseline_updates_skipped: IntCounter,
+    pub baselines_expired: IntCounter,
 }
 
 impl Metrics {
@@ -153,6 +154,10 @@ impl Metrics {
                 "Produce requests retried (librdkafka statistics)",
             ),
             ready: gauge("trailspike_ready", "1 when /readyz reports ready, else 0"),
+                        baselines_expired: counter(
+                "trailspike_baselines_expired_total",
+                "Baselines deleted because their ARN was idle longer than state.baseline_ttl",
+            ),
             baseline_updates_skipped: counter(
                 "trailspike_baseline_updates_skipped_total",
                 "ARN windows not applied because the baseline already includes them",
@@ -164,7 +169,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+            Box::new(self.baselines_expired.clone()),
             Box::new(self.baseline_updates_skipped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(self.messages_consumed.clone()),
@@ -265,6 +271,13 @@ impl Metrics {
             rule,
             "spike suppressed"
         );
+    }
+
+    pub fn baselines_expired(&self, count: u64, cutoff: i64) {
+        self.baselines_expired.inc_by(count);
+        if count > 0 {
+            tracing::info!(count, cutoff, "idle baselines expired");
+        }
     }
 
     /// ARN windows skipped because their baselines already include them.

@@ -310,6 +310,32 @@ mod tests {
         seen
     }
 
+        fn record(arn: &str, event_time: i64) -> String {
+        format!(
+            r#"{{"eventTime":"{}","eventType":"AwsApiCall","eventName":"X","userIdentity":{{"arn":"{arn}"}}}}"#,
+            crate::alert::rfc3339(event_time)
+        )
+    }
+
+    #[test]
+    fn baselines_idle_longer_than_the_ttl_expire() {
+        let mut lines = vec![record("gone", 3_600)];
+        for hour in 1..72 {
+            lines.push(record("active", hour * 3_600));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let config = Config::from_toml("[state]\nbaseline_ttl = \"1day\"\n").unwrap();
+        let store = StateStore::temporary().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        run(&[input], &config, &store, metrics.clone(), &mut |_| Ok(())).unwrap();
+        assert_eq!(store.baseline("gone").unwrap(), None);
+        assert_eq!(store.baseline("active").unwrap().unwrap().num_data_points, 71);
+        assert_eq!(metrics.baselines_expired.get(), 1);
+        assert_eq!(store.baseline_count(), 1);
+    }
+
     #[test]
     fn json_lines_are_split_and_blank_lines_skipped() {
         let seen = messages(b"{\"a\":1}\r\n\n  \n{\"b\":2}");

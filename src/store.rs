@@ -212,6 +212,7 @@ impl StateStore {
             batch: sled::Batch::default(),
             new_alerts: Vec::new(),
             new_baselines: 0,
+            expired_baselines: 0,
         }
     }
 
@@ -364,6 +365,7 @@ pub struct Changes<'s> {
     batch: sled::Batch,
     new_alerts: Vec<OutboxEntry>,
     new_baselines: u64,
+    expired_baselines: u64,
 }
 
 impl Changes<'_> {
@@ -378,6 +380,27 @@ impl Changes<'_> {
     pub fn set_baseline(&mut self, arn: &str, baseline: Baseline, is_new: bool) {
         self.new_baselines += u64::from(is_new);
         self.baselines.insert(arn.into(), baseline);
+    }
+
+        /// Deletes every baseline last updated by a window starting before
+    /// `cutoff`, as stored or as changed in this batch. Returns how many.
+    pub fn expire_baselines(&mut self, cutoff: i64) -> Result<u64, StoreError> {
+        let mut expired = 0;
+        for entry in self.store.baselines() {
+            let (arn, stored) = entry?;
+            let current = self.baselines.get(arn.as_str()).unwrap_or(&stored);
+            if current.last_window_start < cutoff {
+                self.baselines.remove(arn.as_str());
+                self.batch.remove(key(BASELINE, arn.as_bytes()));
+                expired += 1;
+            }
+        }
+        // Baselines created in this batch and already idle too long.
+        let before = self.baselines.len();
+        self.baselines.retain(|_, b| b.last_window_start >= cutoff);
+        expired += (before - self.baselines.len()) as u64;
+        self.expired_baselines += expired;
+        Ok(expired)
     }
 
     pub fn put_window(&mut self, start: i64, arn: &str, window: &ArnWindow) {
@@ -418,8 +441,9 @@ impl Changes<'_> {
             self.batch
                 .insert(key(BASELINE, arn.as_bytes()), encode(baseline));
         }
-        let count = self.store.baseline_count() + self.new_baselines;
-        if self.new_baselines > 0 {
+        let count = (self.store.baseline_count() + self.new_baselines)
+            .saturating_sub(self.expired_baselines);
+        if self.new_baselines > 0 || self.expired_baselines > 0 {
             self.batch.insert(BASELINE_COUNT_KEY, encode(&count));
         }
         self.store.tree.apply_batch(self.batch)?;
@@ -539,6 +563,28 @@ mod tests {
         assert_eq!(outbox.len(), 1);
         store.acknowledge(outbox[0].0).unwrap();
         assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn expiry_deletes_idle_baselines_but_not_those_updated_in_the_batch() {
+        let store = StateStore::temporary().unwrap();
+        let at = |start| Baseline {
+            last_window_start: start,
+            ..baseline(1)
+        };
+        let mut changes = store.changes();
+        changes.set_baseline("old", at(0), true);
+        changes.set_baseline("renewed", at(0), true);
+        changes.set_baseline("recent", at(100), true);
+        changes.commit().unwrap();
+        let mut changes = store.changes();
+        changes.set_baseline("renewed", at(200), false);
+        assert_eq!(changes.expire_baselines(50).unwrap(), 1);
+        changes.commit().unwrap();
+        assert_eq!(store.baseline("old").unwrap(), None);
+        assert!(store.baseline("renewed").unwrap().is_some());
+        assert!(store.baseline("recent").unwrap().is_some());
+        assert_eq!(store.baseline_count(), 2);
     }
 
     #[test]
