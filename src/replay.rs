@@ -310,7 +310,7 @@ mod tests {
         seen
     }
 
-        fn record(arn: &str, event_time: i64) -> String {
+    fn record(arn: &str, event_time: i64) -> String {
         format!(
             r#"{{"eventTime":"{}","eventType":"AwsApiCall","eventName":"X","userIdentity":{{"arn":"{arn}"}}}}"#,
             crate::alert::rfc3339(event_time)
@@ -331,7 +331,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         run(&[input], &config, &store, metrics.clone(), &mut |_| Ok(())).unwrap();
         assert_eq!(store.baseline("gone").unwrap(), None);
-        assert_eq!(store.baseline("active").unwrap().unwrap().num_data_points, 71);
+        assert_eq!(
+            store.baseline("active").unwrap().unwrap().num_data_points,
+            71
+        );
         assert_eq!(metrics.baselines_expired.get(), 1);
         assert_eq!(store.baseline_count(), 1);
     }

@@ -382,7 +382,7 @@ impl Changes<'_> {
         self.baselines.insert(arn.into(), baseline);
     }
 
-        /// Deletes every baseline last updated by a window starting before
+    /// Deletes every baseline last updated by a window starting before
     /// `cutoff`, as stored or as changed in this batch. Returns how many.
     pub fn expire_baselines(&mut self, cutoff: i64) -> Result<u64, StoreError> {
         let mut expired = 0;
