@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::parse::ApiCall;
 
+/// Maps and sets keyed by ARNs and event names, which every record looks
+/// up: a fast non-cryptographic hash, seeded per process so that crafted
+/// ARNs cannot aim at one bucket.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// Identifies one ordered input: a file index in replay, a partition in
 /// the Kafka pipeline.
 pub type SourceId = i32;
@@ -42,9 +48,9 @@ impl WindowSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArnWindow {
     pub count: u64,
-    pub event_names: HashSet<Box<str>>,
+    pub event_names: FastSet<Box<str>>,
     /// Only filled when `dedupe_event_id` is on.
-    pub event_ids: HashSet<Box<str>>,
+    pub event_ids: FastSet<Box<str>>,
     /// Changed since the last checkpoint.
     #[serde(skip)]
     pub(crate) dirty: bool,
@@ -55,7 +61,7 @@ pub struct ArnWindow {
 pub struct ClosedWindow {
     pub start: i64,
     pub end: i64,
-    pub arns: HashMap<Box<str>, ArnWindow>,
+    pub arns: FastMap<Box<str>, ArnWindow>,
 }
 
 /// Where a counted call went.
@@ -84,7 +90,7 @@ pub struct Windows {
     spec: WindowSpec,
     idle_timeout_ms: i64,
     dedupe_event_id: bool,
-    open: BTreeMap<i64, HashMap<Box<str>, ArnWindow>>,
+    open: BTreeMap<i64, FastMap<Box<str>, ArnWindow>>,
     sources: BTreeMap<SourceId, SourceClock>,
     watermark: i64,
 }
@@ -300,7 +306,7 @@ impl Windows {
 
     /// Number of (window, ARN) pairs held open.
     pub fn open_arn_windows(&self) -> usize {
-        self.open.values().map(HashMap::len).sum()
+        self.open.values().map(FastMap::len).sum()
     }
 
     pub fn open_windows(&self) -> usize {
