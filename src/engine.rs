@@ -237,6 +237,12 @@ impl Engine {
     ) -> Result<Vec<Alert>, StoreError> {
         let mut alerts = Vec::new();
         for window in closed {
+            let _span = tracing::info_span!(
+                "close_window",
+                window_start = window.start,
+                arns = window.arns.len()
+            )
+            .entered();
             let started = Instant::now();
             let verdicts = self.detector.close(&window, changes)?;
             for arn in window.arns.keys() {

@@ -512,3 +512,29 @@ fn a_digits_only_sasl_password_from_the_environment_is_accepted() {
         stdout(&output)
     );
 }
+
+#[test]
+fn json_logs_put_each_spike_inside_the_span_of_its_window_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "worked.jsonl",
+        json_lines(&worked_example_records()).as_bytes(),
+    );
+    let output = run(trailspike()
+        .env("TRAILSPIKE_LOG__FORMAT", "json")
+        .env("RUST_LOG", "trailspike=info")
+        .arg("replay")
+        .arg(&input));
+    assert_worked_example_alert(&output);
+    let logs = stderr(&output);
+    let spike: Value = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "spike alert")
+        .unwrap_or_else(|| panic!("no JSON spike alert line in:\n{logs}"));
+    assert_eq!(spike["fields"]["user"], ALICE);
+    assert_eq!(spike["span"]["name"], "close_window");
+    assert_eq!(spike["span"]["window_start"], T0 + 16 * HOUR);
+    assert_eq!(spike["span"]["arns"], 1);
+}

@@ -301,6 +301,7 @@ impl<'c> Pipeline<'c> {
         while let Ok((what, outcome)) = self.deliveries.try_recv() {
             match (what, outcome) {
                 (Delivered::Alert(seq), Ok(())) => {
+                    tracing::debug!(seq, "alert acknowledged by the broker");
                     self.store.acknowledge(seq)?;
                     self.metrics.alert_produced();
                 }

@@ -145,6 +145,7 @@ impl Sink {
 
     /// Queues an alert, keyed by its ARN.
     pub fn send_alert(&self, seq: u64, key: &str, payload: &str) -> KafkaResult<()> {
+        let _span = tracing::info_span!("produce_alert", seq, user = key).entered();
         let record = BaseRecord::with_opaque_to(
             &self.alerts_topic,
             Box::new(Delivered::Alert(seq)),
