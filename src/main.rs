@@ -202,6 +202,7 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
         tracing::info!(%address, "serving /metrics, /healthz and /readyz");
         let shutdown = Arc::new(AtomicBool::new(false));
         tokio::spawn(watch_signals(shutdown.clone()));
+        let state_dir = config.state.dir.clone();
         let config = config.clone();
         let outcome = tokio::task::spawn_blocking(move || match service {
             Service::Run { stop_at_end } => {
@@ -218,11 +219,11 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
         })
         .await
         .context("pipeline thread")?;
-        exit_code(outcome)
+        exit_code(outcome, &state_dir)
     })
 }
 
-fn exit_code(outcome: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+fn exit_code(outcome: anyhow::Result<()>, state_dir: &Path) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error) => {
@@ -234,6 +235,13 @@ fn exit_code(outcome: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
                 eprintln!("trailspike: {error:#}");
                 return Ok(ExitCode::from(EXIT_SHUTDOWN_TIMEOUT));
             }
+            // The line log collectors see (a failed store, a failed
+            // delivery): main's plain stderr line is not in the log format.
+            tracing::error!(
+                error = format!("{error:#}"),
+                state_dir = %state_dir.display(),
+                "stopped by an error; input after the last checkpoint is read again on restart"
+            );
             Err(error)
         }
     }

@@ -51,6 +51,11 @@ const MAX_BATCH: usize = 2_000;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two attempts to reach the broker at start.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a checkpoint with nothing in flight waits for the broker to
+/// answer a metadata request, the evidence `/readyz` needs then.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Least time between two such metadata requests.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -138,6 +143,8 @@ struct Pipeline<'c> {
     health: Arc<Health>,
     last_checkpoint: Instant,
     last_report: Instant,
+    /// When the broker last answered the readiness probe, if it did.
+    last_probe: Option<Instant>,
 }
 
 /// `topic/partition@offset`, built only when a log line needs it.
@@ -198,6 +205,7 @@ impl<'c> Pipeline<'c> {
             health,
             last_checkpoint: Instant::now(),
             last_report: Instant::now(),
+            last_probe: None,
         })
     }
 
@@ -322,13 +330,17 @@ impl<'c> Pipeline<'c> {
     /// flight in time, in which case nothing was written.
     fn checkpoint(&mut self) -> Result<bool, PipelineError> {
         self.last_checkpoint = Instant::now();
+        let in_flight = self.sink.in_flight();
         if let Err(error) = self.sink.flush(FLUSH_TIMEOUT) {
             tracing::warn!(%error, in_flight = self.sink.in_flight(), "broker has not acknowledged; checkpoint put off");
             self.health.broker_reachable.store(false, Ordering::Relaxed);
             self.metrics.checkpoints_deferred.inc();
             return Ok(false);
         }
-        self.health.broker_reachable.store(true, Ordering::Relaxed);
+        let reachable = in_flight > 0 || self.broker_answers();
+        self.health
+            .broker_reachable
+            .store(reachable, Ordering::Relaxed);
         self.drain_deliveries()?;
         let now = now_ms();
         let positions = self.consumer.context().positions.snapshot();
@@ -352,6 +364,22 @@ impl<'c> Pipeline<'c> {
         }
         self.commit_offsets(&positions, CommitMode::Async);
         Ok(true)
+    }
+
+    /// Whether the broker answers a metadata request, asked at most once
+    /// per [`PROBE_EVERY`]. A flush with nothing in flight succeeds with
+    /// no broker at all, so it proves nothing about readiness.
+    fn broker_answers(&mut self) -> bool {
+        if self.last_probe.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+            return true;
+        }
+        let topic = self.config.kafka.input_topic.as_str();
+        let answered = self
+            .consumer
+            .fetch_metadata(Some(topic), PROBE_TIMEOUT)
+            .is_ok();
+        self.last_probe = answered.then(Instant::now);
+        answered
     }
 
     fn commit_offsets(&self, positions: &BTreeMap<SourceId, i64>, mode: CommitMode) {

@@ -50,9 +50,37 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two looks at a condition that is polled.
 const POLL_PAUSE: Duration = Duration::from_millis(50);
 
+thread_local! {
+    /// A broker of the test's own that replaces the shared one on this
+    /// thread (see [`use_broker`]).
+    static OWN_BROKER: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While the guard lives, every helper called on this thread (topics,
+/// producers, readers, offset watches, the config a [`Workspace`] writes)
+/// talks to `bootstrap` instead of `TRAILSPIKE_TEST_BOOTSTRAP`: for tests
+/// that stop and restart a broker of their own.
+pub fn use_broker(bootstrap: &str) -> OwnBrokerGuard {
+    OWN_BROKER.with(|own| *own.borrow_mut() = Some(bootstrap.to_string()));
+    OwnBrokerGuard(())
+}
+
+/// Returns this thread to the shared broker when dropped.
+pub struct OwnBrokerGuard(());
+
+impl Drop for OwnBrokerGuard {
+    fn drop(&mut self) {
+        OWN_BROKER.with(|own| own.borrow_mut().take());
+    }
+}
+
 /// The broker's bootstrap address. Panics with instructions when
 /// `TRAILSPIKE_TEST_BOOTSTRAP` is unset: these tests need a real broker.
 pub fn bootstrap() -> String {
+    if let Some(own) = OWN_BROKER.with(|own| own.borrow().clone()) {
+        return own;
+    }
     match std::env::var(BOOTSTRAP_VAR) {
         Ok(servers) if !servers.trim().is_empty() => servers,
         _ => panic!(
@@ -552,8 +580,17 @@ impl Trailspike {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log_tail(&self) -> String {
         tail(&self.log(), 60)
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
