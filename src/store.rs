@@ -16,6 +16,11 @@
 //!
 //! Values are postcard; a value that does not decode is a corrupted store
 //! and an error, never skipped.
+//!
+//! A second tree, `spill`, holds open ARN-windows evicted from memory when
+//! there are more than `state.max_open_arn_windows` (see [`Spill`]). It is
+//! scratch space, not state: it is emptied whenever the store is opened,
+//! and a checkpoint still writes every open window to the state tree.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -154,15 +159,7 @@ impl StateStore {
 
     /// Every open window entry saved at the last checkpoint.
     pub fn open_windows(&self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
-        self.tree
-            .scan_prefix([WINDOW])
-            .map(|entry| {
-                let (k, v) = entry?;
-                let start = decode_i64(&k[1..9]);
-                let arn = String::from_utf8_lossy(&k[9..]).into();
-                Ok((start, arn, decode(&v, &k)?))
-            })
-            .collect()
+        self.open_window_entries().collect()
     }
 
     pub fn sources(&self) -> Result<BTreeMap<SourceId, SourceProgress>, StoreError> {
@@ -202,6 +199,30 @@ impl StateStore {
     pub fn acknowledge(&self, seq: u64) -> Result<(), StoreError> {
         self.tree.remove(outbox_key(seq))?;
         Ok(())
+    }
+
+    /// Every open window entry saved at the last checkpoint, one at a
+    /// time, so that restoring more than fit in memory can spill as it
+    /// goes.
+    pub fn open_window_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(i64, Box<str>, ArnWindow), StoreError>> + '_ {
+        self.tree.scan_prefix([WINDOW]).map(|entry| {
+            let (k, v) = entry?;
+            let start = decode_i64(&k[1..9]);
+            let arn = String::from_utf8_lossy(&k[9..]).into();
+            Ok((start, arn, decode(&v, &k)?))
+        })
+    }
+
+    /// The spill area for open windows, emptied: what a previous process
+    /// spilled is either in its last checkpoint or was never durable.
+    pub fn spill(&self) -> Result<Spill, StoreError> {
+        let windows = self.db.open_tree("spill")?;
+        let dirty = self.db.open_tree("spill_dirty")?;
+        windows.clear()?;
+        dirty.clear()?;
+        Ok(Spill { windows, dirty })
     }
 
     /// Starts a set of changes that [`Changes::commit`] applies at once.
@@ -450,6 +471,89 @@ impl Changes<'_> {
         self.store.baseline_count.store(count, Ordering::Relaxed);
         self.store.flush()?;
         Ok(queued)
+    }
+}
+
+/// Open ARN-windows evicted from memory. An entry changed since the last
+/// checkpoint also has its key in `dirty`, so a checkpoint finds what it
+/// must write without scanning every spilled entry.
+///
+/// Writes here are not flushed: a crash loses them, which is right, since
+/// the checkpoint is what recovery reads.
+#[derive(Debug)]
+pub struct Spill {
+    windows: sled::Tree,
+    dirty: sled::Tree,
+}
+
+impl Spill {
+    pub fn put(
+        &self,
+        start: i64,
+        arn: &str,
+        window: &ArnWindow,
+    ) -> Result<(), StoreError> {
+        let key = window_key(start, arn);
+        if window.dirty {
+            self.dirty.insert(&key, &[])?;
+        }
+        self.windows.insert(key, encode(window))?;
+        Ok(())
+    }
+
+    /// Writes what was spilled to disk, which is what lets sled drop it
+    /// from its cache: sled keeps unflushed pages in memory.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.windows.flush()?;
+        self.dirty.flush()?;
+        Ok(())
+    }
+
+    /// Removes and returns one entry, with its dirty mark.
+    pub fn take(&self, start: i64, arn: &str) -> Result<Option<ArnWindow>, StoreError> {
+        let key = window_key(start, arn);
+        let Some(bytes) = self.windows.remove(&key)? else {
+            return Ok(None);
+        };
+        let mut window: ArnWindow = decode(&bytes, &key)?;
+        window.dirty = self.dirty.remove(&key)?.is_some();
+        Ok(Some(window))
+    }
+
+    /// Removes and returns every entry of the window starting at `start`.
+    pub fn drain_window(
+        &self,
+        start: i64,
+    ) -> Result<Vec<(Box<str>, ArnWindow)>, StoreError> {
+        // One remove at a time: sled's memory for a batch grows faster
+        // than its size (200,000 operations in one batch took 800 MB).
+        let prefix = window_key(start, "");
+        let mut entries = Vec::new();
+        for entry in self.windows.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let arn = String::from_utf8_lossy(&k[9..]).into();
+            entries.push((arn, decode(&v, &k)?));
+            self.windows.remove(k)?;
+        }
+        for key in self.dirty.scan_prefix(&prefix).keys() {
+            self.dirty.remove(key?)?;
+        }
+        Ok(entries)
+    }
+
+    /// Hands out the spilled entries changed since the last call.
+    pub fn take_dirty(&self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
+        let mut changed = Vec::new();
+        for key in self.dirty.iter().keys() {
+            let key = key?;
+            if let Some(bytes) = self.windows.get(&key)? {
+                let start = decode_i64(&key[1..9]);
+                let arn = String::from_utf8_lossy(&key[9..]).into();
+                changed.push((start, arn, decode(&bytes, &key)?));
+            }
+            self.dirty.remove(key)?;
+        }
+        Ok(changed)
     }
 }
 
