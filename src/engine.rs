@@ -241,9 +241,7 @@ impl Engine {
         for window in closed {
             let started = Instant::now();
             let verdicts = self.detector.close(&window, changes)?;
-            for arn in window.arns.keys() {
-                changes.remove_window(window.start, arn);
-            }
+            changes.remove_stored_windows(window.start)?;
             self.metrics
                 .windows_already_applied(verdicts.already_applied);
             for (alert, by) in &verdicts.suppressed {

@@ -591,6 +591,57 @@ mod tests {
         assert_eq!(windows.open_windows(), 0);
     }
 
+    fn spilling(max_resident: usize) -> (crate::store::StateStore, Windows) {
+        let store = crate::store::StateStore::temporary().unwrap();
+        let mut windows = Windows::new(spec(), 60_000, true);
+        windows.spill_to(store.spill().unwrap(), max_resident);
+        (store, windows)
+    }
+
+    #[test]
+    fn entries_past_the_bound_spill_and_come_back_whole() {
+        let (_store, mut windows) = spilling(2);
+        let arns = ["a", "b", "c", "d"];
+        for (i, arn) in arns.iter().enumerate() {
+            let mut first = call(10, arn);
+            first.event_id = Some(Cow::Owned(format!("id-{i}")));
+            windows.observe(0, &first, 0);
+        }
+        assert_eq!(windows.resident_arn_windows(), 2);
+        assert_eq!(windows.spilled_arn_windows(), 2);
+        assert_eq!(windows.open_arn_windows(), 4);
+        // Each eventID comes back with its entry, so every repeat is still
+        // a duplicate, whichever entries were spilled.
+        for (i, arn) in arns.iter().enumerate() {
+            let mut again = call(20, arn);
+            again.event_id = Some(Cow::Owned(format!("id-{i}")));
+            assert_eq!(windows.observe(0, &again, 0), Admission::DuplicateEventId);
+        }
+        let counts = windows.take_spill_counts();
+        assert!(counts.spilled >= 2 && counts.reloaded >= 2, "{counts:?}");
+        let closed = windows.close_all().unwrap();
+        let total: u64 = closed[0].arns.values().map(|w| w.count).sum();
+        assert_eq!((closed[0].arns.len(), total), (4, 4));
+        assert_eq!(windows.open_arn_windows(), 0);
+    }
+
+    #[test]
+    fn spilled_changes_still_reach_the_next_checkpoint() {
+        let (_store, mut windows) = spilling(1);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(0, &call(11, "b"), 0);
+        windows.observe(0, &call(12, "c"), 0);
+        let mut dirty: Vec<(Box<str>, u64)> = windows
+            .take_dirty()
+            .unwrap()
+            .into_iter()
+            .map(|(_, arn, w)| (arn, w.count))
+            .collect();
+        dirty.sort();
+        assert_eq!(dirty, [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+        assert!(windows.take_dirty().unwrap().is_empty());
+    }
+
     #[test]
     fn dirty_windows_are_handed_out_once_and_forgotten_when_closed() {
         let mut windows = Windows::new(spec(), 60_000, false);
