@@ -17,10 +17,9 @@
 //! Values are postcard; a value that does not decode is a corrupted store
 //! and an error, never skipped.
 //!
-//! A second tree, `spill`, holds open ARN-windows evicted from memory when
-//! there are more than `state.max_open_arn_windows` (see [`Spill`]). It is
-//! scratch space, not state: it is emptied whenever the store is opened,
-//! and a checkpoint still writes every open window to the state tree.
+//! Open windows evicted from memory past `state.max_open_arn_windows` go
+//! to files in a `spill-*` directory beside the store ([`crate::spill`]):
+//! scratch space, not state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -30,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::Baseline;
+use crate::spill::Spill;
 use crate::window::{ArnWindow, SourceId};
 
 const BASELINE: u8 = b'b';
@@ -61,6 +61,12 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error("spill file {path} failed: {source}")]
+    Spill {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("baseline CSV line {line}: {message}")]
     Csv { line: u64, message: String },
 }
@@ -88,6 +94,10 @@ pub struct SourceProgress {
 pub struct StateStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Where the spill directory goes: the state directory, or the
+    /// system's temporary directory for a temporary store (sled's own
+    /// temporary files are in /dev/shm, which is memory).
+    spill_parent: PathBuf,
     /// Kept in the store beside the baselines, so that knowing how many
     /// there are never needs a scan of them.
     baseline_count: AtomicU64,
@@ -105,20 +115,22 @@ impl StateStore {
                     path: dir.to_path_buf(),
                     source,
                 })?;
-        Self::with_db(db)
+        Self::with_db(db, dir.to_path_buf())
     }
 
     /// A store that lives only as long as the process (replay without
     /// `--state`).
     pub fn temporary() -> Result<StateStore, StoreError> {
-        Self::with_db(sled::Config::new().temporary(true).open()?)
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::with_db(db, std::env::temp_dir())
     }
 
-    fn with_db(db: sled::Db) -> Result<StateStore, StoreError> {
+    fn with_db(db: sled::Db, spill_parent: PathBuf) -> Result<StateStore, StoreError> {
         let tree = db.open_tree("state")?;
         let store = StateStore {
             db,
             tree,
+            spill_parent,
             baseline_count: AtomicU64::new(0),
         };
         let count = match store.tree.get(BASELINE_COUNT_KEY)? {
@@ -215,14 +227,10 @@ impl StateStore {
         })
     }
 
-    /// The spill area for open windows, emptied: what a previous process
+    /// A new, empty spill area for open windows: what a previous process
     /// spilled is either in its last checkpoint or was never durable.
     pub fn spill(&self) -> Result<Spill, StoreError> {
-        let windows = self.db.open_tree("spill")?;
-        let dirty = self.db.open_tree("spill_dirty")?;
-        windows.clear()?;
-        dirty.clear()?;
-        Ok(Spill { windows, dirty })
+        Spill::create(&self.spill_parent)
     }
 
     /// Starts a set of changes that [`Changes::commit`] applies at once.
@@ -483,89 +491,6 @@ impl Changes<'_> {
         self.store.baseline_count.store(count, Ordering::Relaxed);
         self.store.flush()?;
         Ok(queued)
-    }
-}
-
-/// Open ARN-windows evicted from memory. An entry changed since the last
-/// checkpoint also has its key in `dirty`, so a checkpoint finds what it
-/// must write without scanning every spilled entry.
-///
-/// Writes here are not flushed: a crash loses them, which is right, since
-/// the checkpoint is what recovery reads.
-#[derive(Debug)]
-pub struct Spill {
-    windows: sled::Tree,
-    dirty: sled::Tree,
-}
-
-impl Spill {
-    pub fn put(
-        &self,
-        start: i64,
-        arn: &str,
-        window: &ArnWindow,
-    ) -> Result<(), StoreError> {
-        let key = window_key(start, arn);
-        if window.dirty {
-            self.dirty.insert(&key, &[])?;
-        }
-        self.windows.insert(key, encode(window))?;
-        Ok(())
-    }
-
-    /// Writes what was spilled to disk, which is what lets sled drop it
-    /// from its cache: sled keeps unflushed pages in memory.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.windows.flush()?;
-        self.dirty.flush()?;
-        Ok(())
-    }
-
-    /// Removes and returns one entry, with its dirty mark.
-    pub fn take(&self, start: i64, arn: &str) -> Result<Option<ArnWindow>, StoreError> {
-        let key = window_key(start, arn);
-        let Some(bytes) = self.windows.remove(&key)? else {
-            return Ok(None);
-        };
-        let mut window: ArnWindow = decode(&bytes, &key)?;
-        window.dirty = self.dirty.remove(&key)?.is_some();
-        Ok(Some(window))
-    }
-
-    /// Removes and returns every entry of the window starting at `start`.
-    pub fn drain_window(
-        &self,
-        start: i64,
-    ) -> Result<Vec<(Box<str>, ArnWindow)>, StoreError> {
-        // One remove at a time: sled's memory for a batch grows faster
-        // than its size (200,000 operations in one batch took 800 MB).
-        let prefix = window_key(start, "");
-        let mut entries = Vec::new();
-        for entry in self.windows.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            let arn = String::from_utf8_lossy(&k[9..]).into();
-            entries.push((arn, decode(&v, &k)?));
-            self.windows.remove(k)?;
-        }
-        for key in self.dirty.scan_prefix(&prefix).keys() {
-            self.dirty.remove(key?)?;
-        }
-        Ok(entries)
-    }
-
-    /// Hands out the spilled entries changed since the last call.
-    pub fn take_dirty(&self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
-        let mut changed = Vec::new();
-        for key in self.dirty.iter().keys() {
-            let key = key?;
-            if let Some(bytes) = self.windows.get(&key)? {
-                let start = decode_i64(&key[1..9]);
-                let arn = String::from_utf8_lossy(&key[9..]).into();
-                changed.push((start, arn, decode(&bytes, &key)?));
-            }
-            self.dirty.remove(key)?;
-        }
-        Ok(changed)
     }
 }
 

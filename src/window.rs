@@ -26,7 +26,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::parse::ApiCall;
-use crate::store::{Spill, StoreError};
+use crate::spill::Spill;
+use crate::store::StoreError;
 
 /// Maps and sets keyed by ARNs and event names, which every record looks
 /// up: a fast non-cryptographic hash, seeded per process so that crafted
@@ -235,7 +236,7 @@ impl Windows {
             Some(window) => window,
             None => {
                 let arn = call.arn.as_ref();
-                let earlier = match &self.spill {
+                let earlier = match &mut self.spill {
                     Some(spill) if self.spilled.contains_key(&start) => reload(
                         spill,
                         &mut self.spilled,
@@ -326,7 +327,8 @@ impl Windows {
             }
             let mut arns = entry.remove();
             self.resident -= arns.len();
-            if let (Some(spill), Some(_)) = (&self.spill, self.spilled.remove(&start)) {
+            if let (Some(spill), Some(_)) = (&mut self.spill, self.spilled.remove(&start))
+            {
                 arns.extend(spill.drain_window(start)?);
             }
             closed.push(ClosedWindow { start, end, arns });
@@ -347,7 +349,7 @@ impl Windows {
     /// cheaper per record than tracking changed keys in a second set.
     pub fn take_dirty(&mut self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
         self.take_spill_error()?;
-        let mut changed = match &self.spill {
+        let mut changed = match &mut self.spill {
             Some(spill) if !self.spilled.is_empty() => spill.take_dirty()?,
             _ => Vec::new(),
         };
@@ -372,7 +374,7 @@ impl Windows {
     /// Moves entries to the spill until a few below the bound, so that
     /// the scan for victims runs once per many records, not every record.
     fn evict_excess(&mut self) {
-        let Some(spill) = &self.spill else {
+        let Some(spill) = &mut self.spill else {
             return;
         };
         if self.resident <= self.max_resident || self.spill_error.is_some() {
@@ -401,9 +403,6 @@ impl Windows {
             if excess == 0 || self.spill_error.is_some() {
                 break;
             }
-        }
-        if let Err(error) = spill.flush() {
-            self.spill_error.get_or_insert(error);
         }
     }
 
@@ -445,7 +444,7 @@ impl Windows {
 /// A failure is kept for the next close and the call counts from zero in
 /// memory meanwhile; that run never commits, so no count is lost.
 fn reload(
-    spill: &Spill,
+    spill: &mut Spill,
     spilled: &mut BTreeMap<i64, usize>,
     start: i64,
     arn: &str,
