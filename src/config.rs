@@ -232,7 +232,15 @@ pub struct StateConfig {
     /// forever; `0s` keeps every baseline.
     #[serde(with = "humantime_serde")]
     pub baseline_ttl: Duration,
+    /// (window, ARN) entries of open windows kept in memory; beyond it
+    /// they move to the store's spill area and back when needed, so a
+    /// flood of new ARNs costs disk, not memory. Default 1,000,000.
+    pub max_open_arn_windows: usize,
 }
+
+/// Below this the spill would thrash: each eviction pass moves an eighth
+/// of the bound.
+const MIN_OPEN_ARN_WINDOWS: usize = 1000;
 
 impl Default for StateConfig {
     fn default() -> Self {
@@ -240,6 +248,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("./trailspike-state"),
             checkpoint_interval: Duration::from_secs(5),
             baseline_ttl: Duration::from_secs(90 * 86_400),
+            max_open_arn_windows: 1_000_000,
         }
     }
 }
@@ -344,6 +353,16 @@ impl Config {
                 "input.max_message_bytes",
                 self.input.max_message_bytes,
                 "must be at least 1024 bytes",
+            ));
+        }
+        if self.state.max_open_arn_windows < MIN_OPEN_ARN_WINDOWS {
+            return Err(invalid(
+                "state.max_open_arn_windows",
+                self.state.max_open_arn_windows,
+                format!(
+                    "must be at least {MIN_OPEN_ARN_WINDOWS} (default 1000000); \
+                     entries beyond it spill to state.dir"
+                ),
             ));
         }
         self.kafka.validate()?;

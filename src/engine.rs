@@ -41,6 +41,7 @@ pub struct Engine {
     baseline_ttl_secs: i64,
     /// Event-time day of the last expiry sweep.
     last_sweep_day: i64,
+    max_open_arn_windows: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -66,6 +67,7 @@ impl Engine {
             format: config.alerts.format,
             baseline_ttl_secs: config.state.baseline_ttl.as_secs() as i64,
             last_sweep_day: i64::MIN,
+            max_open_arn_windows: config.state.max_open_arn_windows,
             metrics,
         })
     }
@@ -215,7 +217,7 @@ impl Engine {
         changes: &mut Changes<'_>,
         now_ms: i64,
     ) -> Result<Vec<Alert>, StoreError> {
-        let closed = self.windows.close_ready();
+        let closed = self.windows.close_ready()?;
         self.close(closed, changes, now_ms)
     }
 
@@ -225,7 +227,7 @@ impl Engine {
         changes: &mut Changes<'_>,
         now_ms: i64,
     ) -> Result<Vec<Alert>, StoreError> {
-        let closed = self.windows.close_all();
+        let closed = self.windows.close_all()?;
         self.close(closed, changes, now_ms)
     }
 
@@ -245,9 +247,7 @@ impl Engine {
             .entered();
             let started = Instant::now();
             let verdicts = self.detector.close(&window, changes)?;
-            for arn in window.arns.keys() {
-                changes.remove_window(window.start, arn);
-            }
+            changes.remove_stored_windows(window.start)?;
             self.metrics
                 .windows_already_applied(verdicts.already_applied);
             for (alert, by) in &verdicts.suppressed {
@@ -267,9 +267,7 @@ impl Engine {
                 .window_closed(window.start, window.arns.len(), seconds);
         }
         self.expire_idle_baselines(changes)?;
-        self.metrics
-            .open_window_arns
-            .set(self.windows.open_arn_windows() as i64);
+        self.report_open_windows();
         Ok(alerts)
     }
 
@@ -294,6 +292,16 @@ impl Engine {
         Ok(())
     }
 
+    /// Publishes how many (window, ARN) entries are open, and where.
+    fn report_open_windows(&mut self) {
+        let moved = self.windows.take_spill_counts();
+        self.metrics.open_windows(
+            self.windows.resident_arn_windows(),
+            self.windows.spilled_arn_windows(),
+            moved,
+        );
+    }
+
     /// Publishes the watermark and each source's high-water mark.
     pub fn report_progress(&self, now_unix: i64) {
         let sources = self.windows.sources();
@@ -310,8 +318,8 @@ impl Engine {
         &mut self,
         changes: &mut Changes<'_>,
         next_offsets: &dyn Fn(SourceId) -> Option<i64>,
-    ) {
-        for (start, arn, window) in self.windows.take_dirty() {
+    ) -> Result<(), StoreError> {
+        for (start, arn, window) in self.windows.take_dirty()? {
             changes.put_window(start, &arn, &window);
         }
         changes.put_watermark(self.windows.watermark());
@@ -322,6 +330,18 @@ impl Engine {
             };
             changes.put_source(source, &progress);
         }
+        self.report_open_windows();
+        Ok(())
+    }
+
+    /// Moves open windows beyond `state.max_open_arn_windows` to `store`'s
+    /// spill area, so an ARN flood costs disk rather than memory. Call it
+    /// before [`Engine::restore`], so a large checkpoint loads within the
+    /// bound too.
+    pub fn spill_to(&mut self, store: &StateStore) -> Result<(), StoreError> {
+        self.windows
+            .spill_to(store.spill()?, self.max_open_arn_windows);
+        Ok(())
     }
 
     /// Loads open windows, the watermark and source high-water marks from
@@ -331,7 +351,8 @@ impl Engine {
         store: &StateStore,
         now_ms: i64,
     ) -> Result<std::collections::BTreeMap<SourceId, SourceProgress>, StoreError> {
-        for (start, arn, window) in store.open_windows()? {
+        for entry in store.open_window_entries() {
+            let (start, arn, window) = entry?;
             self.windows.restore_window(start, arn, window);
         }
         if let Some(watermark) = store.watermark()? {

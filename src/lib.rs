@@ -10,6 +10,7 @@
 //! - [`alert`]: the alert schema, its id, and suppression rules;
 //! - [`ocsf`]: the alert as an OCSF Detection Finding;
 //! - [`store`]: state in sled, committed in atomic checkpoints;
+//! - [`spill`]: open windows past the memory bound, on disk;
 //! - [`engine`]: the stages above as one unit that drivers feed;
 //! - [`replay`]: the driver for files (`replay`, `backfill`);
 //! - [`kafka`]: the driver for Kafka (`run`), with its delivery guarantees;
@@ -30,5 +31,6 @@ pub mod ocsf;
 pub mod parse;
 pub mod replay;
 pub mod server;
+pub mod spill;
 pub mod store;
 pub mod window;

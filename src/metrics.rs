@@ -14,6 +14,7 @@ use prometheus::{
 
 use crate::alert::{Alert, SuppressedBy};
 use crate::parse::{RejectReason, SkipReason};
+use crate::window::SpillCounts;
 
 /// Where a message came from, for logs: `file.json:12` or
 /// `cloudtrail/3@1207`.
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub watermark_seconds: IntGauge,
     pub partition_watermark_seconds: IntGaugeVec,
     pub open_window_arns: IntGauge,
+    pub open_window_arns_resident: IntGauge,
+    pub open_window_arns_spilled: IntGauge,
+    pub open_window_arn_spills: IntCounter,
+    pub open_window_arn_reloads: IntCounter,
     pub baseline_arns: IntGauge,
     pub watermark_lag_seconds: IntGauge,
     pub partition_lag_seconds: IntGaugeVec,
@@ -116,7 +121,23 @@ impl Metrics {
             ),
             open_window_arns: gauge(
                 "trailspike_open_window_arns",
-                "(window, ARN) pairs held in open windows",
+                "(window, ARN) pairs held in open windows, in memory or spilled",
+            ),
+            open_window_arns_resident: gauge(
+                "trailspike_open_window_arns_resident",
+                "(window, ARN) pairs of open windows held in memory",
+            ),
+            open_window_arns_spilled: gauge(
+                "trailspike_open_window_arns_spilled",
+                "(window, ARN) pairs of open windows moved to the spill area on disk",
+            ),
+            open_window_arn_spills: counter(
+                "trailspike_open_window_arn_spills_total",
+                "(window, ARN) pairs moved from memory to the spill area (state.max_open_arn_windows)",
+            ),
+            open_window_arn_reloads: counter(
+                "trailspike_open_window_arn_reloads_total",
+                "Spilled (window, ARN) pairs read back into memory by a new record",
             ),
             baseline_arns: gauge("trailspike_baseline_arns", "ARNs with a baseline"),
             watermark_lag_seconds: gauge(
@@ -154,7 +175,7 @@ impl Metrics {
                 "Produce requests retried (librdkafka statistics)",
             ),
             ready: gauge("trailspike_ready", "1 when /readyz reports ready, else 0"),
-                        baselines_expired: counter(
+            baselines_expired: counter(
                 "trailspike_baselines_expired_total",
                 "Baselines deleted because their ARN was idle longer than state.baseline_ttl",
             ),
@@ -169,7 +190,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
             Box::new(self.baselines_expired.clone()),
             Box::new(self.baseline_updates_skipped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -186,6 +207,10 @@ impl Metrics {
             Box::new(self.watermark_seconds.clone()),
             Box::new(self.partition_watermark_seconds.clone()),
             Box::new(self.open_window_arns.clone()),
+            Box::new(self.open_window_arns_resident.clone()),
+            Box::new(self.open_window_arns_spilled.clone()),
+            Box::new(self.open_window_arn_spills.clone()),
+            Box::new(self.open_window_arn_reloads.clone()),
             Box::new(self.baseline_arns.clone()),
             Box::new(self.watermark_lag_seconds.clone()),
             Box::new(self.partition_lag_seconds.clone()),
@@ -285,6 +310,25 @@ impl Metrics {
         if arns > 0 {
             self.baseline_updates_skipped.inc_by(arns as u64);
             tracing::info!(arns, "window already in these baselines; not applied again");
+        }
+    }
+
+    /// Sets the open-window gauges and counts entries moved to and from
+    /// the spill area since the last call.
+    pub fn open_windows(&self, resident: usize, spilled: usize, moved: SpillCounts) {
+        self.open_window_arns.set((resident + spilled) as i64);
+        self.open_window_arns_resident.set(resident as i64);
+        self.open_window_arns_spilled.set(spilled as i64);
+        self.open_window_arn_spills.inc_by(moved.spilled);
+        self.open_window_arn_reloads.inc_by(moved.reloaded);
+        if moved.spilled > 0 {
+            tracing::debug!(
+                resident,
+                spilled,
+                moved_out = moved.spilled,
+                moved_in = moved.reloaded,
+                "open windows over state.max_open_arn_windows; spilling"
+            );
         }
     }
 

@@ -61,6 +61,7 @@ pub fn run(
     on_alert: &mut dyn FnMut(&Alert) -> io::Result<()>,
 ) -> Result<ReplayReport, ReplayError> {
     let mut engine = Engine::new(config, metrics)?;
+    engine.spill_to(store)?;
     let mut report = ReplayReport::default();
     let mut inputs = open_inputs(inputs, &mut report);
     // The wall clock stands in for the message time of the future-skew

@@ -16,6 +16,10 @@
 //!
 //! Values are postcard; a value that does not decode is a corrupted store
 //! and an error, never skipped.
+//!
+//! Open windows evicted from memory past `state.max_open_arn_windows` go
+//! to files in a `spill-*` directory beside the store ([`crate::spill`]):
+//! scratch space, not state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -25,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::Baseline;
+use crate::spill::Spill;
 use crate::window::{ArnWindow, SourceId};
 
 const BASELINE: u8 = b'b';
@@ -56,6 +61,12 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    #[error("spill file {path} failed: {source}")]
+    Spill {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("baseline CSV line {line}: {message}")]
     Csv { line: u64, message: String },
 }
@@ -83,6 +94,10 @@ pub struct SourceProgress {
 pub struct StateStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// Where the spill directory goes: the state directory, or the
+    /// system's temporary directory for a temporary store (sled's own
+    /// temporary files are in /dev/shm, which is memory).
+    spill_parent: PathBuf,
     /// Kept in the store beside the baselines, so that knowing how many
     /// there are never needs a scan of them.
     baseline_count: AtomicU64,
@@ -100,20 +115,22 @@ impl StateStore {
                     path: dir.to_path_buf(),
                     source,
                 })?;
-        Self::with_db(db)
+        Self::with_db(db, dir.to_path_buf())
     }
 
     /// A store that lives only as long as the process (replay without
     /// `--state`).
     pub fn temporary() -> Result<StateStore, StoreError> {
-        Self::with_db(sled::Config::new().temporary(true).open()?)
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::with_db(db, std::env::temp_dir())
     }
 
-    fn with_db(db: sled::Db) -> Result<StateStore, StoreError> {
+    fn with_db(db: sled::Db, spill_parent: PathBuf) -> Result<StateStore, StoreError> {
         let tree = db.open_tree("state")?;
         let store = StateStore {
             db,
             tree,
+            spill_parent,
             baseline_count: AtomicU64::new(0),
         };
         let count = match store.tree.get(BASELINE_COUNT_KEY)? {
@@ -154,15 +171,7 @@ impl StateStore {
 
     /// Every open window entry saved at the last checkpoint.
     pub fn open_windows(&self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
-        self.tree
-            .scan_prefix([WINDOW])
-            .map(|entry| {
-                let (k, v) = entry?;
-                let start = decode_i64(&k[1..9]);
-                let arn = String::from_utf8_lossy(&k[9..]).into();
-                Ok((start, arn, decode(&v, &k)?))
-            })
-            .collect()
+        self.open_window_entries().collect()
     }
 
     pub fn sources(&self) -> Result<BTreeMap<SourceId, SourceProgress>, StoreError> {
@@ -202,6 +211,26 @@ impl StateStore {
     pub fn acknowledge(&self, seq: u64) -> Result<(), StoreError> {
         self.tree.remove(outbox_key(seq))?;
         Ok(())
+    }
+
+    /// Every open window entry saved at the last checkpoint, one at a
+    /// time, so that restoring more than fit in memory can spill as it
+    /// goes.
+    pub fn open_window_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(i64, Box<str>, ArnWindow), StoreError>> + '_ {
+        self.tree.scan_prefix([WINDOW]).map(|entry| {
+            let (k, v) = entry?;
+            let start = decode_i64(&k[1..9]);
+            let arn = String::from_utf8_lossy(&k[9..]).into();
+            Ok((start, arn, decode(&v, &k)?))
+        })
+    }
+
+    /// A new, empty spill area for open windows: what a previous process
+    /// spilled is either in its last checkpoint or was never durable.
+    pub fn spill(&self) -> Result<Spill, StoreError> {
+        Spill::create(&self.spill_parent)
     }
 
     /// Starts a set of changes that [`Changes::commit`] applies at once.
@@ -409,6 +438,18 @@ impl Changes<'_> {
 
     pub fn remove_window(&mut self, start: i64, arn: &str) {
         self.batch.remove(window_key(start, arn));
+    }
+
+    /// Removes every entry of the window at `start` that the store holds.
+    /// Cheaper than one removal per ARN of a closed window, most of which
+    /// never reached a checkpoint, and sled's memory for a batch grows
+    /// faster than the batch. Entries put in this same batch stay.
+    pub fn remove_stored_windows(&mut self, start: i64) -> Result<(), StoreError> {
+        let prefix = window_key(start, "");
+        for key in self.store.tree.scan_prefix(&prefix).keys() {
+            self.batch.remove(key?);
+        }
+        Ok(())
     }
 
     pub fn put_source(&mut self, source: SourceId, progress: &SourceProgress) {

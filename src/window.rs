@@ -12,12 +12,22 @@
 //! is late exactly when its window end is at or before the watermark,
 //! whether or not the caller has popped the closed windows yet. That keeps
 //! the outcome independent of how often `close_ready` is called.
+//!
+//! Memory: with a [`Spill`] attached, at most `max_resident` (window, ARN)
+//! entries stay in memory. Past that, entries move to the spill, oldest
+//! window first (it takes the fewest new records); a record for a spilled
+//! entry moves it back, and closing a window gathers its spilled entries,
+//! so what a window yields never depends on the bound. Every window with
+//! spilled entries keeps a (possibly empty) map in `open`, so the
+//! watermark logic above sees it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::parse::ApiCall;
+use crate::spill::Spill;
+use crate::store::StoreError;
 
 /// Maps and sets keyed by ARNs and event names, which every record looks
 /// up: a fast non-cryptographic hash, seeded per process so that crafted
@@ -84,8 +94,16 @@ pub struct SourceClock {
     pub last_activity_ms: i64,
 }
 
+/// Entries moved between memory and the spill since the last
+/// [`Windows::take_spill_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillCounts {
+    pub spilled: u64,
+    pub reloaded: u64,
+}
+
 /// The open windows and the watermark that closes them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Windows {
     spec: WindowSpec,
     idle_timeout_ms: i64,
@@ -93,6 +111,17 @@ pub struct Windows {
     open: BTreeMap<i64, FastMap<Box<str>, ArnWindow>>,
     sources: BTreeMap<SourceId, SourceClock>,
     watermark: i64,
+    spill: Option<Spill>,
+    /// Entries kept in memory when `spill` is set.
+    max_resident: usize,
+    resident: usize,
+    /// Entries in the spill, per window start.
+    spilled: BTreeMap<i64, usize>,
+    counts: SpillCounts,
+    /// The first spill failure. Counting carries on in memory, so nothing
+    /// is lost, and the next close or checkpoint returns it: a failing
+    /// store is fatal, as everywhere else.
+    spill_error: Option<StoreError>,
 }
 
 impl Windows {
@@ -104,7 +133,21 @@ impl Windows {
             open: BTreeMap::new(),
             sources: BTreeMap::new(),
             watermark: i64::MIN,
+            spill: None,
+            max_resident: usize::MAX,
+            resident: 0,
+            spilled: BTreeMap::new(),
+            counts: SpillCounts::default(),
+            spill_error: None,
         }
+    }
+
+    /// Keeps at most `max_resident` entries in memory from now on, moving
+    /// the rest to `spill`.
+    pub fn spill_to(&mut self, spill: Spill, max_resident: usize) {
+        self.spill = Some(spill);
+        self.max_resident = max_resident.max(1);
+        self.evict_excess();
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -164,6 +207,7 @@ impl Windows {
         now_ms: i64,
     ) -> Admission {
         let admission = self.count(call);
+        self.evict_excess();
         self.progress(source, call.event_time, now_ms);
         admission
     }
@@ -190,7 +234,23 @@ impl Windows {
         let arns = self.open.entry(start).or_default();
         let window = match arns.get_mut(call.arn.as_ref()) {
             Some(window) => window,
-            None => arns.entry(call.arn.as_ref().into()).or_default(),
+            None => {
+                let arn = call.arn.as_ref();
+                let earlier = match &mut self.spill {
+                    Some(spill) if self.spilled.contains_key(&start) => reload(
+                        spill,
+                        &mut self.spilled,
+                        start,
+                        arn,
+                        &mut self.counts,
+                        &mut self.spill_error,
+                    ),
+                    _ => None,
+                };
+                self.resident += 1;
+                arns.entry(arn.into())
+                    .or_insert(earlier.unwrap_or_default())
+            }
         };
         if self.dedupe_event_id {
             if let Some(id) = call.event_id.as_deref() {
@@ -254,8 +314,10 @@ impl Windows {
             .is_some_and(|(start, _)| start + self.spec.width_secs <= self.watermark)
     }
 
-    /// Pops every window that the watermark has passed, oldest first.
-    pub fn close_ready(&mut self) -> Vec<ClosedWindow> {
+    /// Pops every window that the watermark has passed, oldest first,
+    /// with its spilled entries gathered back.
+    pub fn close_ready(&mut self) -> Result<Vec<ClosedWindow>, StoreError> {
+        self.take_spill_error()?;
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {
             let start = *entry.key();
@@ -263,17 +325,19 @@ impl Windows {
             if end > self.watermark {
                 break;
             }
-            closed.push(ClosedWindow {
-                start,
-                end,
-                arns: entry.remove(),
-            });
+            let mut arns = entry.remove();
+            self.resident -= arns.len();
+            if let (Some(spill), Some(_)) = (&mut self.spill, self.spilled.remove(&start))
+            {
+                arns.extend(spill.drain_window(start)?);
+            }
+            closed.push(ClosedWindow { start, end, arns });
         }
-        closed
+        Ok(closed)
     }
 
     /// Closes every open window: the end of a finite input.
-    pub fn close_all(&mut self) -> Vec<ClosedWindow> {
+    pub fn close_all(&mut self) -> Result<Vec<ClosedWindow>, StoreError> {
         if let Some((&last, _)) = self.open.last_key_value() {
             self.watermark = self.watermark.max(last + self.spec.width_secs);
         }
@@ -283,20 +347,72 @@ impl Windows {
     /// Hands out the windows changed since the last call, with their
     /// current contents, for a checkpoint. A scan of the open windows is
     /// cheaper per record than tracking changed keys in a second set.
-    pub fn take_dirty(&mut self) -> Vec<(i64, Box<str>, ArnWindow)> {
-        let mut changed = Vec::new();
+    pub fn take_dirty(&mut self) -> Result<Vec<(i64, Box<str>, ArnWindow)>, StoreError> {
+        self.take_spill_error()?;
+        let mut changed = match &mut self.spill {
+            Some(spill) if !self.spilled.is_empty() => spill.take_dirty()?,
+            _ => Vec::new(),
+        };
         for (&start, arns) in &mut self.open {
             for (arn, window) in arns.iter_mut().filter(|(_, w)| w.dirty) {
                 window.dirty = false;
                 changed.push((start, arn.clone(), window.clone()));
             }
         }
-        changed
+        Ok(changed)
     }
 
     /// Puts back an open window read from a checkpoint.
     pub fn restore_window(&mut self, start: i64, arn: Box<str>, window: ArnWindow) {
-        self.open.entry(start).or_default().insert(arn, window);
+        let arns = self.open.entry(start).or_default();
+        if arns.insert(arn, window).is_none() {
+            self.resident += 1;
+        }
+        self.evict_excess();
+    }
+
+    /// Moves entries to the spill until a few below the bound, so that
+    /// the scan for victims runs once per many records, not every record.
+    fn evict_excess(&mut self) {
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        if self.resident <= self.max_resident || self.spill_error.is_some() {
+            return;
+        }
+        let mut excess = self.resident - self.max_resident + self.max_resident / 8;
+        for (&start, arns) in &mut self.open {
+            arns.retain(|arn, window| {
+                if excess == 0 || self.spill_error.is_some() {
+                    return true;
+                }
+                match spill.put(start, arn, window) {
+                    Ok(()) => {
+                        excess -= 1;
+                        self.resident -= 1;
+                        self.counts.spilled += 1;
+                        *self.spilled.entry(start).or_default() += 1;
+                        false
+                    }
+                    Err(error) => {
+                        self.spill_error = Some(error);
+                        true
+                    }
+                }
+            });
+            if excess == 0 || self.spill_error.is_some() {
+                break;
+            }
+        }
+    }
+
+    fn take_spill_error(&mut self) -> Result<(), StoreError> {
+        self.spill_error.take().map_or(Ok(()), Err)
+    }
+
+    /// Entries moved out and back in since the last call, for metrics.
+    pub fn take_spill_counts(&mut self) -> SpillCounts {
+        std::mem::take(&mut self.counts)
     }
 
     /// Restores the watermark from a checkpoint.
@@ -304,13 +420,53 @@ impl Windows {
         self.watermark = self.watermark.max(watermark);
     }
 
-    /// Number of (window, ARN) pairs held open.
+    /// Number of (window, ARN) pairs held open, in memory or spilled.
     pub fn open_arn_windows(&self) -> usize {
-        self.open.values().map(FastMap::len).sum()
+        self.resident + self.spilled_arn_windows()
+    }
+
+    /// Number of (window, ARN) pairs held open in memory.
+    pub fn resident_arn_windows(&self) -> usize {
+        self.resident
+    }
+
+    /// Number of (window, ARN) pairs held open in the spill.
+    pub fn spilled_arn_windows(&self) -> usize {
+        self.spilled.values().sum()
     }
 
     pub fn open_windows(&self) -> usize {
         self.open.len()
+    }
+}
+
+/// Takes `arn`'s entry for the window at `start` back from the spill.
+/// A failure is kept for the next close and the call counts from zero in
+/// memory meanwhile; that run never commits, so no count is lost.
+fn reload(
+    spill: &mut Spill,
+    spilled: &mut BTreeMap<i64, usize>,
+    start: i64,
+    arn: &str,
+    counts: &mut SpillCounts,
+    error: &mut Option<StoreError>,
+) -> Option<ArnWindow> {
+    match spill.take(start, arn) {
+        Ok(Some(window)) => {
+            if let Some(left) = spilled.get_mut(&start) {
+                *left -= 1;
+                if *left == 0 {
+                    spilled.remove(&start);
+                }
+            }
+            counts.reloaded += 1;
+            Some(window)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            error.get_or_insert(e);
+            None
+        }
     }
 }
 
@@ -349,9 +505,9 @@ mod tests {
         let mut windows = Windows::new(spec(), 60_000, false);
         windows.observe(0, &call(10, "a"), 0);
         windows.observe(0, &call(HOUR + 899, "a"), 0);
-        assert!(windows.close_ready().is_empty());
+        assert!(windows.close_ready().unwrap().is_empty());
         windows.observe(0, &call(HOUR + 900, "a"), 0);
-        let closed = windows.close_ready();
+        let closed = windows.close_ready().unwrap();
         assert_eq!(closed.len(), 1);
         assert_eq!((closed[0].start, closed[0].end), (0, HOUR));
         assert_eq!(closed[0].arns["a"].count, 1);
@@ -363,7 +519,7 @@ mod tests {
         windows.observe(0, &call(10, "a"), 0);
         windows.observe(0, &call(2 * HOUR, "a"), 0);
         assert_eq!(windows.observe(0, &call(20, "a"), 0), Admission::Late);
-        let closed = windows.close_ready();
+        let closed = windows.close_ready().unwrap();
         assert_eq!(closed[0].arns["a"].count, 1);
         // Late even though nobody popped the window yet.
         let mut lazy = Windows::new(spec(), 60_000, false);
@@ -377,7 +533,7 @@ mod tests {
         windows.observe(0, &call(10, "a"), 0);
         windows.observe(1, &call(5 * HOUR, "b"), 0);
         assert_eq!(windows.watermark(), 10 - 900);
-        assert!(windows.close_ready().is_empty());
+        assert!(windows.close_ready().unwrap().is_empty());
     }
 
     #[test]
@@ -391,7 +547,7 @@ mod tests {
         windows.progress(1, 5 * HOUR, 60_000);
         windows.advance_watermark(60_000);
         assert_eq!(windows.watermark(), 5 * HOUR - 900);
-        assert_eq!(windows.close_ready().len(), 1);
+        assert_eq!(windows.close_ready().unwrap().len(), 1);
     }
 
     #[test]
@@ -420,7 +576,7 @@ mod tests {
         first.event_id = Some(Cow::Borrowed("id-1"));
         assert_eq!(windows.observe(0, &first, 0), Admission::Counted);
         assert_eq!(windows.observe(0, &first, 0), Admission::DuplicateEventId);
-        assert_eq!(windows.close_all()[0].arns["a"].count, 1);
+        assert_eq!(windows.close_all().unwrap()[0].arns["a"].count, 1);
     }
 
     #[test]
@@ -428,10 +584,61 @@ mod tests {
         let mut windows = Windows::new(spec(), 60_000, false);
         windows.observe(0, &call(3 * HOUR, "a"), 0);
         windows.observe(0, &call(3 * HOUR - 100, "b"), 0);
-        let closed = windows.close_all();
+        let closed = windows.close_all().unwrap();
         let starts: Vec<i64> = closed.iter().map(|w| w.start).collect();
         assert_eq!(starts, [2 * HOUR, 3 * HOUR]);
         assert_eq!(windows.open_windows(), 0);
+    }
+
+    fn spilling(max_resident: usize) -> (crate::store::StateStore, Windows) {
+        let store = crate::store::StateStore::temporary().unwrap();
+        let mut windows = Windows::new(spec(), 60_000, true);
+        windows.spill_to(store.spill().unwrap(), max_resident);
+        (store, windows)
+    }
+
+    #[test]
+    fn entries_past_the_bound_spill_and_come_back_whole() {
+        let (_store, mut windows) = spilling(2);
+        let arns = ["a", "b", "c", "d"];
+        for (i, arn) in arns.iter().enumerate() {
+            let mut first = call(10, arn);
+            first.event_id = Some(Cow::Owned(format!("id-{i}")));
+            windows.observe(0, &first, 0);
+        }
+        assert_eq!(windows.resident_arn_windows(), 2);
+        assert_eq!(windows.spilled_arn_windows(), 2);
+        assert_eq!(windows.open_arn_windows(), 4);
+        // Each eventID comes back with its entry, so every repeat is still
+        // a duplicate, whichever entries were spilled.
+        for (i, arn) in arns.iter().enumerate() {
+            let mut again = call(20, arn);
+            again.event_id = Some(Cow::Owned(format!("id-{i}")));
+            assert_eq!(windows.observe(0, &again, 0), Admission::DuplicateEventId);
+        }
+        let counts = windows.take_spill_counts();
+        assert!(counts.spilled >= 2 && counts.reloaded >= 2, "{counts:?}");
+        let closed = windows.close_all().unwrap();
+        let total: u64 = closed[0].arns.values().map(|w| w.count).sum();
+        assert_eq!((closed[0].arns.len(), total), (4, 4));
+        assert_eq!(windows.open_arn_windows(), 0);
+    }
+
+    #[test]
+    fn spilled_changes_still_reach_the_next_checkpoint() {
+        let (_store, mut windows) = spilling(1);
+        windows.observe(0, &call(10, "a"), 0);
+        windows.observe(0, &call(11, "b"), 0);
+        windows.observe(0, &call(12, "c"), 0);
+        let mut dirty: Vec<(Box<str>, u64)> = windows
+            .take_dirty()
+            .unwrap()
+            .into_iter()
+            .map(|(_, arn, w)| (arn, w.count))
+            .collect();
+        dirty.sort();
+        assert_eq!(dirty, [("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+        assert!(windows.take_dirty().unwrap().is_empty());
     }
 
     #[test]
@@ -439,12 +646,12 @@ mod tests {
         let mut windows = Windows::new(spec(), 60_000, false);
         windows.observe(0, &call(10, "a"), 0);
         windows.observe(0, &call(11, "a"), 0);
-        let dirty = windows.take_dirty();
+        let dirty = windows.take_dirty().unwrap();
         assert_eq!(dirty.len(), 1);
         assert_eq!(dirty[0].2.count, 2);
-        assert!(windows.take_dirty().is_empty());
+        assert!(windows.take_dirty().unwrap().is_empty());
         windows.observe(0, &call(12, "b"), 0);
-        windows.close_all();
-        assert!(windows.take_dirty().is_empty());
+        windows.close_all().unwrap();
+        assert!(windows.take_dirty().unwrap().is_empty());
     }
 }

@@ -174,6 +174,7 @@ impl<'c> Pipeline<'c> {
     ) -> Result<Pipeline<'c>, PipelineError> {
         let store = StateStore::open(&config.state.dir)?;
         let mut engine = Engine::new(config, metrics.clone())?;
+        engine.spill_to(&store)?;
         let progress = engine.restore(&store, now_ms())?;
         let positions: BTreeMap<SourceId, i64> = progress
             .iter()
@@ -348,7 +349,7 @@ impl<'c> Pipeline<'c> {
         self.engine.close_ready(&mut changes, now)?;
         self.engine.checkpoint(&mut changes, &|partition| {
             positions.get(&partition).copied()
-        });
+        })?;
         let queued = changes.commit()?;
         for (seq, entry) in &queued {
             self.sink
