@@ -4,7 +4,8 @@
 //!
 //!     cargo run --release --example arn_flood -- ARNS [MAX_OPEN]
 //!
-//! `MAX_OPEN` 0 (the default) means unbounded. bench/arn-flood runs both.
+//! `MAX_OPEN` 0 (the default) means unbounded. RELIABILITY.md has figures
+//! from both.
 
 use std::sync::Arc;
 

@@ -48,6 +48,10 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// One open (window, ARN) entry as a checkpoint made it durable: window
+/// start, ARN, count, and the event names seen.
+type DurableEntry = (i64, String, u64, Vec<String>);
+
 /// One engine with its own store on disk, and what it has produced.
 struct Run {
     config: Config,
@@ -56,7 +60,7 @@ struct Run {
     engine: Option<Engine>,
     alerts: Vec<String>,
     /// Open windows as durable after each checkpoint.
-    checkpoints: Vec<Vec<(i64, String, u64, Vec<String>)>>,
+    checkpoints: Vec<Vec<DurableEntry>>,
     counted: u64,
     late: u64,
     spilled: u64,
@@ -164,7 +168,7 @@ impl Run {
 struct Finished {
     alerts: Vec<String>,
     baselines: Vec<String>,
-    checkpoints: Vec<Vec<(i64, String, u64, Vec<String>)>>,
+    checkpoints: Vec<Vec<DurableEntry>>,
     counted: u64,
     late: u64,
     /// Not compared: only the bounded run spills.
