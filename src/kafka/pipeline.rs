@@ -49,6 +49,14 @@ const MAX_BATCH: usize = 2_000;
 /// How long a checkpoint waits for the broker to acknowledge what is in
 /// flight before it is put off (the broker may be away).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two checkpoints that close windows. A checkpoint
+/// waits for the broker's acknowledgements and writes to disk (tens of
+/// milliseconds); when catching up on a backlog, windows become ready
+/// with nearly every batch, and checkpointing for each capped throughput
+/// at a few tens of thousands of records per second. Closing them a
+/// second later changes no result: whether a record is late depends on
+/// the watermark, not on when its window was closed.
+const MIN_CLOSE_GAP: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts to reach the broker at start.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a checkpoint with nothing in flight waits for the broker to
@@ -223,8 +231,9 @@ impl<'c> Pipeline<'c> {
             self.drain_deliveries()?;
             self.engine.windows_mut().advance_watermark(now_ms());
             self.report_progress();
-            if self.engine.windows().has_ready()
-                || self.last_checkpoint.elapsed() >= interval
+            let since = self.last_checkpoint.elapsed();
+            if (self.engine.windows().has_ready() && since >= MIN_CLOSE_GAP)
+                || since >= interval
             {
                 self.checkpoint()?;
             }
