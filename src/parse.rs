@@ -530,11 +530,13 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
-/// Keys of a record, borrowed when they have no escapes; an unknown key is
-/// skipped without allocating.
-enum Key<'a> {
+/// Keys of a record. Matched against the input in place: serde's own
+/// `Cow<str>` impl always allocates, and a CloudTrail record has a few
+/// dozen keys, so that allocation per key was the parser's largest cost.
+#[derive(Clone, Copy)]
+enum Key {
     Known(KnownKey),
-    Other(#[allow(dead_code)] Cow<'a, str>),
+    Other,
 }
 
 #[derive(Clone, Copy)]
@@ -549,10 +551,9 @@ enum KnownKey {
     InvokedBy,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let key = <Cow<'a, str>>::deserialize(deserializer)?;
-        Ok(match key.as_ref() {
+impl Key {
+    fn of(key: &str) -> Key {
+        match key {
             "Records" => Key::Known(KnownKey::Records),
             "eventTime" => Key::Known(KnownKey::EventTime),
             "eventType" => Key::Known(KnownKey::EventType),
@@ -561,8 +562,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
             "userIdentity" => Key::Known(KnownKey::UserIdentity),
             "arn" => Key::Known(KnownKey::Arn),
             "invokedBy" => Key::Known(KnownKey::InvokedBy),
-            _ => Key::Other(key),
-        })
+            _ => Key::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    // serde_json hands over a key with escapes as a `&str` of its own
+    // scratch buffer, so this one method covers borrowed and escaped keys.
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(Key::of(key))
     }
 }
 
@@ -586,13 +609,13 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
             records: None,
             fields: RecordFields::default(),
         };
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Known(KnownKey::Records) => {
                     top.records = Some(map.next_value::<RecordsArray<'de>>()?.0)
                 }
                 Key::Known(known) => read_record_field(&mut top.fields, known, &mut map)?,
-                Key::Other(_) => {
+                Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -653,9 +676,9 @@ impl<'de> Visitor<'de> for RecordVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = RecordFields::default();
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             match key {
-                Key::Known(KnownKey::Records) | Key::Other(_) => {
+                Key::Known(KnownKey::Records) | Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
                 Key::Known(known) => read_record_field(&mut fields, known, &mut map)?,
@@ -687,7 +710,7 @@ impl<'de> Visitor<'de> for IdentityVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut identity = Identity::default();
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             match key {
                 Key::Known(KnownKey::Arn) => identity.arn = map.next_value()?,
                 Key::Known(KnownKey::InvokedBy) => {

@@ -7,13 +7,14 @@ import java.util.concurrent.atomic.AtomicLong;
 /**
  * What the peer needs to stop itself once it has caught up: the highest
  * input offset processed per partition, and when any processor last saw a
- * record, and the input the peer could not use. Shared by every stream
- * thread.
+ * record, and the input the peer could not use or found late. Shared by
+ * every stream thread.
  */
 public final class Activity {
     private final AtomicLong lastNanos = new AtomicLong(System.nanoTime());
     private final Map<Integer, Long> nextOffsets = new ConcurrentHashMap<>();
     private final AtomicLong mismatches = new AtomicLong();
+    private final AtomicLong late = new AtomicLong();
 
     void touch() {
         lastNanos.lazySet(System.nanoTime());
@@ -31,6 +32,15 @@ public final class Activity {
 
     long mismatches() {
         return mismatches.get();
+    }
+
+    /** A call whose window had already closed. */
+    void late() {
+        late.incrementAndGet();
+    }
+
+    long lateCalls() {
+        return late.get();
     }
 
     long idleMillis() {

@@ -15,57 +15,52 @@ import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.Serde;
 import org.apache.kafka.common.serialization.Serdes;
-import org.apache.kafka.common.utils.Bytes;
 import org.apache.kafka.common.utils.Utils;
 import org.apache.kafka.streams.KafkaStreams;
-import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.Topology;
 import org.apache.kafka.streams.errors.LogAndContinueExceptionHandler;
 import org.apache.kafka.streams.kstream.Consumed;
-import org.apache.kafka.streams.kstream.Grouped;
 import org.apache.kafka.streams.kstream.KStream;
-import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
 import org.apache.kafka.streams.kstream.Repartitioned;
-import org.apache.kafka.streams.kstream.Suppressed;
-import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.processor.StreamPartitioner;
-import org.apache.kafka.streams.processor.api.FixedKeyProcessor;
-import org.apache.kafka.streams.processor.api.FixedKeyProcessorContext;
-import org.apache.kafka.streams.processor.api.FixedKeyRecord;
-import org.apache.kafka.streams.state.KeyValueStore;
 import org.apache.kafka.streams.state.Stores;
-import org.apache.kafka.streams.state.WindowStore;
 
 /**
  * trailspike's detection as a Kafka Streams application, for the benchmark.
  *
  * <pre>
  * input -> parse (value deserializer) -> event time (extractor)
- *   -> 1 per counted call, 0 per other record, keyed by ARN
- *   -> sum per (ARN, 1 h window), grace 15 min -> suppress until closed
- *   -> baseline update and spike rule (key-value store) -> alerts topic
+ *   -> Marker: a CALL mark per counted call, keyed by ARN, and PROGRESS /
+ *      IDLE marks that carry each input partition's event time
+ *   -> SpikeProcessor: counts per (ARN, 1 h window), trailspike's
+ *      watermark (lowest partition high-water mark minus 15 min), and on
+ *      each closed window the baseline update and spike rule -> alerts topic
  * </pre>
+ *
+ * Kafka Streams' windowed aggregation (grace plus suppress) is not used:
+ * it closes windows by the task's stream time, the highest timestamp the
+ * task has seen, which behind a repartition topic is that of the fastest
+ * upstream task. With several input partitions read at different speeds,
+ * that ran hours ahead of the slowest partition and dropped most calls as
+ * "expired window". The processors below close windows by trailspike's
+ * watermark instead (SPEC.md section 2).
  *
  * Two ways to get the records of one ARN into one task, chosen by MODE:
  * <ul>
  * <li>{@code by-key}: the producer keyed each record by its
  * userIdentity.arn (the empty string when it has none), so the input is
  * already partitioned by ARN and no repartition topic is needed. Each task
- * then sees its partition in order, which is what makes Kafka Streams'
- * per-task stream time agree with trailspike's watermark. A counted record
+ * then keeps the watermark of its own partition alone. A counted record
  * whose key is not its ARN is counted as a mismatch and not counted.
  * <li>{@code repartition}: the input has no keys (as CloudTrail connectors
- * write it), so records are re-keyed by ARN through a repartition topic.
- * Records that do not count are keyed by the empty string and sent to every
- * repartition partition (KIP-837 multicast), so that every downstream
- * task's stream time moves on, as they move trailspike's watermark.
+ * write it), so calls are re-keyed by ARN through a repartition topic, and
+ * PROGRESS and IDLE marks are sent to every repartition partition (KIP-837
+ * multicast), so that every detecting task knows every input partition's
+ * event time, as trailspike's watermark does.
  * </ul>
- * Records that do not count add 0 to their key's window: they only carry
- * event time. Windows that sum to 0, and the empty key, are dropped before
- * the baseline.
  *
  * Arguments: BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC APPLICATION_ID STATE_DIR
  * [MODE [THREADS [IDLE_MS]]]. The process stops itself once every input
@@ -76,7 +71,7 @@ import org.apache.kafka.streams.state.WindowStore;
 public final class SpikePeer {
     static final Duration WINDOW = Duration.ofHours(1);
     static final Duration GRACE = Duration.ofMinutes(15);
-    /** Key of records that only carry event time; never a valid ARN. */
+    /** Key of marks that only carry event time; never a valid ARN. */
     static final String TICK = "";
 
     enum Mode { BY_KEY, REPARTITION }
@@ -94,7 +89,7 @@ public final class SpikePeer {
 
         Map<Integer, Long> ends = endOffsets(bootstrap, input);
         Activity activity = new Activity();
-        Topology topology = topology(input, output, mode, activity);
+        Topology topology = topology(input, output, mode, ends.size(), activity);
         KafkaStreams streams = new KafkaStreams(topology, config(args, threads));
         streams.setUncaughtExceptionHandler(e -> {
             e.printStackTrace();
@@ -107,13 +102,13 @@ public final class SpikePeer {
             Thread.sleep(100);
         }
         System.err.printf("peer: caught up after %.3f s (includes %d ms idle); mode %s, "
-                        + "dropped records %.0f, key mismatches %d%n",
+                        + "dropped records %.0f, key mismatches %d, late calls %d%n",
                 (System.nanoTime() - started) / 1e9, idleMs, mode,
-                droppedRecords(streams), activity.mismatches());
+                droppedRecords(streams), activity.mismatches(), activity.lateCalls());
         streams.close(Duration.ofSeconds(60));
     }
 
-    /** Records Kafka Streams dropped (expired windows, bad timestamps). */
+    /** Records Kafka Streams dropped (bad input, future event times). */
     static double droppedRecords(KafkaStreams streams) {
         return streams.metrics().values().stream()
                 .filter(m -> m.metricName().name().equals("dropped-records-total"))
@@ -138,77 +133,51 @@ public final class SpikePeer {
         return p;
     }
 
-    static Topology topology(String input, String output, Mode mode, Activity activity) {
+    /**
+     * @param sources input partitions: in repartition mode every detecting
+     *                task waits for all of them, as trailspike's watermark
+     */
+    static Topology topology(String input, String output, Mode mode, int sources, Activity activity) {
         StreamsBuilder builder = new StreamsBuilder();
         Serde<Event> events = Serdes.serdeFrom((topic, e) -> {
             throw new UnsupportedOperationException("events are only read");
         }, new EventDeserializer());
+        // Cached, as the DSL's stores are by default: most calls only
+        // touch the open count of a window that is still in the cache.
         builder.addStateStore(Stores.keyValueStoreBuilder(
-                Stores.persistentKeyValueStore(SpikeProcessor.STORE),
-                Serdes.String(), Baseline.serde()));
-        KStream<String, Event> parsed = builder
+                Stores.persistentKeyValueStore(SpikeProcessor.BASELINES),
+                Serdes.String(), Baseline.serde()).withCachingEnabled());
+        builder.addStateStore(Stores.keyValueStoreBuilder(
+                Stores.persistentKeyValueStore(SpikeProcessor.COUNTS),
+                Serdes.Bytes(), Serdes.Long()).withCachingEnabled());
+        builder.addStateStore(Stores.keyValueStoreBuilder(
+                Stores.persistentKeyValueStore(SpikeProcessor.CLOCKS),
+                Serdes.Integer(), Serdes.Long()));
+        KStream<String, Mark> marks = builder
                 .stream(input, Consumed.with(Serdes.String(), events)
                         .withTimestampExtractor(new EventTimeExtractor()))
-                .processValues(() -> new Progress(activity));
-        KStream<String, Long> calls = switch (mode) {
-            case BY_KEY -> parsed.mapValues((key, e) -> {
-                if (!e.counts()) {
-                    return 0L;
-                }
-                if (!e.arn().equals(key)) {
-                    activity.mismatch();
-                    return 0L;
-                }
-                return 1L;
-            });
-            case REPARTITION -> parsed
-                    .map((key, e) -> e.counts() ? KeyValue.pair(e.arn(), 1L) : KeyValue.pair(TICK, 0L))
-                    .repartition(Repartitioned.<String, Long>with(Serdes.String(), Serdes.Long())
-                            .withName("by-arn")
-                            .withStreamPartitioner(new ByArn()));
-        };
-        calls.peek((arn, one) -> activity.touch())
-                .groupByKey(Grouped.with(Serdes.String(), Serdes.Long()))
-                .windowedBy(TimeWindows.ofSizeAndGrace(WINDOW, GRACE))
-                .reduce(Long::sum, Materialized.<String, Long, WindowStore<Bytes, byte[]>>as("counts")
-                        .withKeySerde(Serdes.String())
-                        .withValueSerde(Serdes.Long()))
-                .suppress(Suppressed.untilWindowCloses(Suppressed.BufferConfig.unbounded()))
-                .toStream()
-                .filter((window, count) -> count > 0 && !window.key().equals(TICK))
-                .process(() -> new SpikeProcessor(activity), SpikeProcessor.STORE)
+                .process(() -> new Marker(activity, mode == Mode.BY_KEY));
+        int expected = 1;
+        if (mode == Mode.REPARTITION) {
+            marks = marks.repartition(Repartitioned.<String, Mark>with(Serdes.String(), Mark.serde())
+                    .withName("by-arn")
+                    .withStreamPartitioner(new ByArn()));
+            expected = sources;
+        }
+        int expectedSources = expected;
+        marks.process(() -> new SpikeProcessor(activity, expectedSources),
+                        SpikeProcessor.BASELINES, SpikeProcessor.COUNTS, SpikeProcessor.CLOCKS)
                 .to(output, Produced.with(Serdes.String(), Serdes.String()));
         return builder.build();
     }
 
-    /** Notes how far each input partition has been processed. */
-    static final class Progress implements FixedKeyProcessor<String, Event, Event> {
-        private final Activity activity;
-        private FixedKeyProcessorContext<String, Event> context;
-
-        Progress(Activity activity) {
-            this.activity = activity;
-        }
-
-        @Override
-        public void init(FixedKeyProcessorContext<String, Event> context) {
-            this.context = context;
-        }
-
-        @Override
-        public void process(FixedKeyRecord<String, Event> record) {
-            context.recordMetadata().ifPresent(m -> activity.consumed(m.partition(), m.offset()));
-            context.forward(record);
-        }
-    }
-
     /**
-     * ARNs by the default hash of their key; event-time ticks to every
-     * partition (KIP-837 multicast).
+     * Calls by the default hash of their ARN; marks that carry event time
+     * to every partition (KIP-837 multicast).
      */
-    static final class ByArn implements StreamPartitioner<String, Long> {
+    static final class ByArn implements StreamPartitioner<String, Mark> {
         @Override
-        public Optional<Set<Integer>> partitions(String topic, String key, Long value, int partitions) {
+        public Optional<Set<Integer>> partitions(String topic, String key, Mark value, int partitions) {
             if (key.equals(TICK)) {
                 return Optional.of(IntStream.range(0, partitions).boxed().collect(Collectors.toSet()));
             }
