@@ -21,6 +21,15 @@ use trailspike::replay;
 use trailspike::server;
 use trailspike::store::StateStore;
 
+/// jemalloc for the whole process, librdkafka's C allocations included
+/// (`unprefixed_malloc_on_supported_platforms`): librdkafka allocates each
+/// fetched message on its broker thread and the pipeline frees it on its
+/// own, and glibc's malloc serialises such cross-thread frees on the
+/// broker thread's arena lock. A profile of `trailspike run` showed the
+/// pipeline thread asleep on that lock more than on anything else.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,
