@@ -9,8 +9,9 @@ mod kafka_common;
 use std::time::{Duration, Instant};
 
 use kafka_common::{
-    generate_records, last_event_time, message_count, payloads, round_robin, sentinels,
-    Expected, Feed, Outgoing, Producer, Received, Settings, Workspace, Written,
+    a_day_and_a_half, generate_records, last_event_time, message_count, payloads,
+    round_robin, sentinels, Expected, Feed, Outgoing, Producer, Received, Settings,
+    Workspace, Written,
 };
 use trailspike::generate::{GenerateArgs, GenerateSummary};
 
@@ -30,19 +31,6 @@ fn three_days(seed: u64) -> GenerateArgs {
         arns: 300,
         rate_per_hour: 400.0,
         spikes: 6,
-        ..GenerateArgs::default()
-    }
-}
-
-/// A small input that still has alerts: enough history for 16 data
-/// points before the spikes.
-fn a_day_and_a_half(seed: u64) -> GenerateArgs {
-    GenerateArgs {
-        seed,
-        hours: 36,
-        arns: 60,
-        rate_per_hour: 300.0,
-        spikes: 2,
         ..GenerateArgs::default()
     }
 }

@@ -15,13 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kafka_common::{
-    generate_records, last_event_time, message_count, payloads, round_robin, sentinels,
-    Expected, Producer, Settings, Workspace,
+    a_day_and_a_half, generate_records, last_event_time, message_count, payloads,
+    round_robin, sentinels, Expected, Producer, Settings, Workspace,
 };
 use reliability_common::{
     http_get, toml_str, trailspike, Process, SaslListener, TestDir,
 };
-use trailspike::generate::GenerateArgs;
 
 /// Longest a `run --stop-at-end` may take on a busy 2-core machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -107,18 +106,6 @@ fn command_with(
         command.env(PASSWORD_VAR, password);
     }
     (command, config)
-}
-
-/// A small input that still has alerts.
-fn a_day_and_a_half(seed: u64) -> GenerateArgs {
-    GenerateArgs {
-        seed,
-        hours: 36,
-        arns: 60,
-        rate_per_hour: 300.0,
-        spikes: 2,
-        ..GenerateArgs::default()
-    }
 }
 
 #[test]

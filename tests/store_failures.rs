@@ -23,29 +23,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kafka_common::{
-    generate_records, last_event_time, payloads, round_robin, sentinels, Expected, Feed,
-    OffsetWatch, Outgoing, Producer, Settings, Workspace,
+    a_day_and_a_half, generate_records, last_event_time, payloads, round_robin,
+    sentinels, Expected, Feed, OffsetWatch, Outgoing, Producer, Settings, Workspace,
 };
 use reliability_common::is_root;
-use trailspike::generate::GenerateArgs;
 use trailspike::store::StateStore;
 
 /// Longest a `run --stop-at-end` may take on a busy 2-core machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest trailspike may take to notice a failed store and exit.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A small input that still has alerts.
-fn a_day_and_a_half(seed: u64) -> GenerateArgs {
-    GenerateArgs {
-        seed,
-        hours: 36,
-        arns: 60,
-        rate_per_hour: 300.0,
-        spikes: 2,
-        ..GenerateArgs::default()
-    }
-}
 
 /// The records over partitions 0, 1 and 2, sentinels last, split into
 /// a first and a second part; and what replay makes of all of it.

@@ -816,6 +816,19 @@ impl Drop for Workspace {
 
 // ------------------------------------------------------------ records
 
+/// A small input that still has alerts: enough history for 16 data
+/// points before the spikes.
+pub fn a_day_and_a_half(seed: u64) -> GenerateArgs {
+    GenerateArgs {
+        seed,
+        hours: 36,
+        arns: 60,
+        rate_per_hour: 300.0,
+        spikes: 2,
+        ..GenerateArgs::default()
+    }
+}
+
 /// Generated CloudTrail records, one JSON text per element.
 pub fn generate_records(args: &GenerateArgs) -> (Vec<Vec<u8>>, GenerateSummary) {
     let mut out = Vec::new();
