@@ -538,3 +538,44 @@ fn json_logs_put_each_spike_inside_the_span_of_its_window_close() {
     assert_eq!(spike["span"]["window_start"], T0 + 16 * HOUR);
     assert_eq!(spike["span"]["arns"], 1);
 }
+
+/// README's first command: the demo on librdkafka's in-process mock
+/// cluster, which needs no broker.
+#[test]
+fn demo_prints_every_alert_it_produced_and_reads_them_back() {
+    let output = run(trailspike()
+        .env("TRAILSPIKE_METRICS__LISTEN", "127.0.0.1:0")
+        .arg("demo"));
+    assert_success(&output);
+    let (out, err) = (stdout(&output), stderr(&output));
+    let number_before = |text: &str, what: &str| -> usize {
+        let end = text
+            .find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in:\n{text}"));
+        let digits: String = text[..end]
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.chars().rev().collect::<String>().parse().unwrap()
+    };
+    let produced = number_before(&err, "alerts produced");
+    let read_back = number_before(&err, "alerts read back");
+    let printed = out.lines().filter(|l| l.starts_with("SPIKE  arn:")).count();
+    let ids = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("alertId "))
+        .count();
+    assert!(
+        produced >= 2,
+        "the bundled data has two injected spikes:\n{err}"
+    );
+    assert_eq!(
+        (read_back, printed, ids),
+        (produced, produced, produced),
+        "{out}\n{err}"
+    );
+    assert_eq!(number_before(&err, "dead-lettered"), 2, "{err}");
+    assert!(err.contains("metrics at http://127.0.0.1:"), "{err}");
+}
