@@ -94,10 +94,17 @@ pub struct SourceProgress {
 pub struct StateStore {
     db: sled::Db,
     tree: sled::Tree,
-    /// Where the spill directory goes: the state directory, or the
-    /// system's temporary directory for a temporary store (sled's own
-    /// temporary files are in /dev/shm, which is memory).
+    /// Where the spill directory goes: the state directory, or for a
+    /// temporary store a directory of its own under the system's
+    /// temporary directory (sled's own temporary files are in /dev/shm,
+    /// which is memory).
     spill_parent: PathBuf,
+    /// That directory of a temporary store, removed with the store. Its
+    /// own, because creating a spill area removes every `spill-*` beside
+    /// it as left over by an earlier process: in the shared temporary
+    /// directory that was the spill area of any other replay running at
+    /// the same time.
+    _temporary_spill_parent: Option<tempfile::TempDir>,
     /// Kept in the store beside the baselines, so that knowing how many
     /// there are never needs a scan of them.
     baseline_count: AtomicU64,
@@ -115,22 +122,34 @@ impl StateStore {
                     path: dir.to_path_buf(),
                     source,
                 })?;
-        Self::with_db(db, dir.to_path_buf())
+        Self::with_db(db, dir.to_path_buf(), None)
     }
 
     /// A store that lives only as long as the process (replay without
     /// `--state`).
     pub fn temporary() -> Result<StateStore, StoreError> {
         let db = sled::Config::new().temporary(true).open()?;
-        Self::with_db(db, std::env::temp_dir())
+        let parent = tempfile::Builder::new()
+            .prefix("trailspike-")
+            .tempdir()
+            .map_err(|source| StoreError::CreateDir {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        Self::with_db(db, parent.path().to_path_buf(), Some(parent))
     }
 
-    fn with_db(db: sled::Db, spill_parent: PathBuf) -> Result<StateStore, StoreError> {
+    fn with_db(
+        db: sled::Db,
+        spill_parent: PathBuf,
+        temporary_spill_parent: Option<tempfile::TempDir>,
+    ) -> Result<StateStore, StoreError> {
         let tree = db.open_tree("state")?;
         let store = StateStore {
             db,
             tree,
             spill_parent,
+            _temporary_spill_parent: temporary_spill_parent,
             baseline_count: AtomicU64::new(0),
         };
         let count = match store.tree.get(BASELINE_COUNT_KEY)? {
@@ -736,6 +755,33 @@ mod tests {
         assert!(store.baseline("arn:aws:iam::1:user/u0").unwrap().is_some());
         let last = format!("arn:aws:iam::1:user/u{}", rows - 1);
         assert!(store.baseline(&last).unwrap().is_some());
+    }
+
+    #[test]
+    fn temporary_stores_keep_their_spill_areas_apart() {
+        let spill_dirs = |store: &StateStore| {
+            std::fs::read_dir(&store.spill_parent)
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().starts_with("spill-")
+                })
+                .count()
+        };
+        let first = StateStore::temporary().unwrap();
+        let _first_spill = first.spill().unwrap();
+        let second = StateStore::temporary().unwrap();
+        let _second_spill = second.spill().unwrap();
+        assert_ne!(first.spill_parent, second.spill_parent);
+        assert_eq!(
+            spill_dirs(&first),
+            1,
+            "the second store removed the first's"
+        );
+        assert_eq!(spill_dirs(&second), 1);
+        let parent = first.spill_parent.clone();
+        drop((_first_spill, first));
+        assert!(!parent.exists(), "a temporary store leaves nothing behind");
     }
 
     #[test]

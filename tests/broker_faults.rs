@@ -184,8 +184,7 @@ fn broker_absent_at_start_is_not_ready_then_everything_counts_once_it_is_up() {
         expected.alerts.len(),
     );
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     eprintln!(
         "broker absent at start: /readyz said {body:?}; {} alerts, {} baselines, {:.1}s",
         expected.alerts.len(),
@@ -242,8 +241,7 @@ fn broker_restarted_and_frozen_mid_run_loses_and_repeats_nothing() {
     Producer::new(&workspace.input).send(ends);
     finish(process, &workspace, total, expected.alerts.len());
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     eprintln!(
         "broker restarted and frozen: /readyz said {stopped:?} and {frozen:?}; \
          {} alerts, {} baselines, {:.1}s",

@@ -78,8 +78,7 @@ fn alerts_and_baselines_equal_replay_of_the_same_records() {
 
     workspace.run_to_end(RUN_TIMEOUT);
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     assert!(
         workspace.read_dead_letters().is_empty(),
         "generated records are all good input"
@@ -392,10 +391,7 @@ fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
     input.produce_rest(&workspace);
     workspace.run_to_end(RUN_TIMEOUT);
 
-    input.expected.assert_alerts(&workspace.read_alerts());
-    input
-        .expected
-        .assert_baselines(&workspace.exported_baselines());
+    input.expected.assert_workspace(&workspace);
     eprintln!(
         "sigterm: stopped at {stopped_at} of {} messages",
         input.total
@@ -445,10 +441,7 @@ fn sigkill_mid_stream_three_times_loses_and_repeats_nothing() {
     input.produce_rest(&workspace);
     workspace.run_to_end(RUN_TIMEOUT);
 
-    input.expected.assert_alerts(&workspace.read_alerts());
-    input
-        .expected
-        .assert_baselines(&workspace.exported_baselines());
+    input.expected.assert_workspace(&workspace);
     for line in outbox_recoveries(&workspace) {
         eprintln!("sigkill: {line}");
     }
@@ -496,8 +489,7 @@ fn disordered_records_and_an_idle_partition_still_equal_replay() {
         "SIGTERM ends trailspike with 0, not {status}"
     );
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     report("idle partition", started, &expected);
 }
 
@@ -520,7 +512,6 @@ fn stop_at_end_with_an_empty_partition_still_closes_the_windows() {
     // empty partition could be waiting for.
     workspace.run_to_end(RUN_TIMEOUT);
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     report("stop at end, empty partition", started, &expected);
 }

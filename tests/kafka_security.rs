@@ -144,8 +144,7 @@ fn run_over_sasl_ssl_equals_replay_and_never_prints_the_password() {
         process.log_tail()
     );
 
-    expected.assert_alerts(&workspace.read_alerts());
-    expected.assert_baselines(&workspace.exported_baselines());
+    expected.assert_workspace(&workspace);
     let log = process.log();
     assert!(
         log.contains("sasl_ssl://"),

@@ -209,10 +209,7 @@ fn read_only_state_dir_is_a_loud_failure_that_moves_no_offset() {
 
     // With the directory writable again nothing is missing.
     workspace.run_to_end(RUN_TIMEOUT);
-    input.expected.assert_alerts(&workspace.read_alerts());
-    input
-        .expected
-        .assert_baselines(&workspace.exported_baselines());
+    input.expected.assert_workspace(&workspace);
     eprintln!(
         "read-only state dir: {line}\n  offsets stayed at {after:?}; {:.1}s",
         started.elapsed().as_secs_f64()
@@ -347,10 +344,7 @@ fn full_disk_mid_run_is_a_loud_failure_that_commits_nothing_past_the_store() {
     // With space again, the next run picks up from the durable state
     // and nothing is lost or repeated.
     workspace.run_to_end(RUN_TIMEOUT);
-    input.expected.assert_alerts(&workspace.read_alerts());
-    input
-        .expected
-        .assert_baselines(&workspace.exported_baselines());
+    input.expected.assert_workspace(&workspace);
     drop(mount);
     eprintln!(
         "full disk ({filled} filler bytes, exit {status}): {line}\n  \

@@ -1016,6 +1016,13 @@ impl Expected {
     pub fn assert_baselines(&self, actual: &Baselines) {
         assert_baselines_match(actual, &self.baselines, 1e-9);
     }
+
+    /// Both of the above, on what `workspace`'s run left: the alerts
+    /// topic and the baselines exported from its state.
+    pub fn assert_workspace(&self, workspace: &Workspace) {
+        self.assert_alerts(&workspace.read_alerts());
+        self.assert_baselines(&workspace.exported_baselines());
+    }
 }
 
 pub fn assert_baselines_match(actual: &Baselines, expected: &Baselines, relative: f64) {
