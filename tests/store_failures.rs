@@ -26,7 +26,7 @@ use kafka_common::{
     a_day_and_a_half, generate_records, last_event_time, payloads, round_robin,
     sentinels, Expected, Feed, OffsetWatch, Outgoing, Producer, Settings, Workspace,
 };
-use reliability_common::is_root;
+use reliability_common::{is_root, run_checked};
 use trailspike::store::StateStore;
 
 /// Longest a `run --stop-at-end` may take on a busy 2-core machine.
@@ -67,17 +67,7 @@ fn require_root(what: &str) {
 }
 
 fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {} failed ({}): {}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_checked(Command::new(program).args(args));
 }
 
 /// A mount on a test's path, unmounted when dropped (lazily, so a test

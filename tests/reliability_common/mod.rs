@@ -267,23 +267,26 @@ pub fn kafka_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka/kafka")
 }
 
-/// Runs `scripts/kafka/kafka ARGS`; panics with its stderr on failure.
-/// Returns its stdout.
-fn kafka_script_run(args: &[&str]) -> String {
-    let output = Command::new("bash")
-        .arg(kafka_script())
-        .args(args)
+/// Runs `command` to its end with no input; panics with its stderr when
+/// it cannot start or fails. Returns its stdout.
+pub fn run_checked(command: &mut Command) -> String {
+    let shown = format!("{command:?}");
+    let output = command
         .stdin(Stdio::null())
         .output()
-        .expect("running scripts/kafka/kafka");
+        .unwrap_or_else(|e| panic!("running {shown}: {e}"));
     assert!(
         output.status.success(),
-        "scripts/kafka/kafka {} failed ({}):\n{}",
-        args.join(" "),
+        "{shown} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Runs `scripts/kafka/kafka ARGS`. Returns its stdout.
+fn kafka_script_run(args: &[&str]) -> String {
+    run_checked(Command::new("bash").arg(kafka_script()).args(args))
 }
 
 /// `export NAME=VALUE` lines as printed by `scripts/kafka/kafka start`.
