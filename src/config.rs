@@ -22,6 +22,7 @@ use crate::baseline::Smoothing;
 use crate::detect::Thresholds;
 use crate::ocsf::AlertFormat;
 use crate::parse::ParseOptions;
+use crate::tuning::{Overrides, ThresholdOverride};
 use crate::window::WindowSpec;
 
 /// Environment variables read as config overrides start with this.
@@ -60,11 +61,15 @@ pub struct Config {
     /// Suppression rules, the streaming form of the analytic's `_filter`
     /// macro.
     pub suppress: Vec<SuppressionRule>,
+    /// Per-ARN thresholds, `[[override]]` in the file.
+    #[serde(rename = "override")]
+    pub overrides: Vec<ThresholdOverride>,
     pub input: InputConfig,
     pub kafka: KafkaConfig,
     pub state: StateConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub reload: ReloadConfig,
 }
 
 /// Which divisor the baseline update uses (SPEC.md section 3).
@@ -97,6 +102,8 @@ pub struct DetectionConfig {
     pub ignore_service_principals: bool,
     /// Send late records to the dead-letter topic as well as counting them.
     pub dead_letter_late_records: bool,
+    /// Count `.../assumed-role/Role/session` as `.../assumed-role/Role`.
+    pub collapse_assumed_role_sessions: bool,
 }
 
 impl Default for DetectionConfig {
@@ -113,6 +120,7 @@ impl Default for DetectionConfig {
             dedupe_event_id: false,
             ignore_service_principals: false,
             dead_letter_late_records: false,
+            collapse_assumed_role_sessions: false,
         }
     }
 }
@@ -129,6 +137,13 @@ pub struct AlertsConfig {
     /// (event time); `0s` turns throttling off.
     #[serde(with = "humantime_serde")]
     pub throttle: Duration,
+    /// Alerts for windows that ended longer ago than this (wall clock) are
+    /// counted but not produced, so a first run over weeks of history does
+    /// not flood the SIEM; `0s` produces every alert.
+    #[serde(with = "humantime_serde")]
+    pub max_alert_age: Duration,
+    /// Produce a `resolved` alert when an incident's spike ends.
+    pub resolve_incidents: bool,
 }
 
 impl Default for AlertsConfig {
@@ -137,6 +152,26 @@ impl Default for AlertsConfig {
             format: AlertFormat::Native,
             event_name_cap: 100,
             throttle: Duration::ZERO,
+            max_alert_age: Duration::ZERO,
+            resolve_incidents: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// How often `run` checks the config file for changes to the tuning
+    /// (`suppress`, `override`, `alerts.throttle`, `alerts.max_alert_age`);
+    /// `0s` reloads on SIGHUP only.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -367,7 +402,17 @@ impl Config {
         }
         self.kafka.validate()?;
         self.suppression()?;
+        self.overrides()?;
         Ok(())
+    }
+
+    /// The compiled threshold overrides.
+    pub fn overrides(&self) -> Result<Overrides, ConfigError> {
+        Overrides::compile(&self.overrides).map_err(|(index, fix)| ConfigError::Invalid {
+            key: "override",
+            value: format!("override {} ({:?})", index + 1, self.overrides[index]),
+            fix,
+        })
     }
 
     /// The compiled suppression rules.

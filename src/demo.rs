@@ -87,6 +87,7 @@ pub fn run(
     };
     let options = RunOptions {
         stop_at_end: !follow,
+        reload: None,
     };
     let outcome = pipeline::run(&config, metrics.clone(), health, shutdown, options);
     printer_done.store(true, Ordering::Relaxed);

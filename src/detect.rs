@@ -1,11 +1,21 @@
 //! Stage 4: the spike rule (SPEC.md section 4), and closing a window:
 //! update the baseline of every ARN active in it, then judge each against
-//! its updated baseline, then apply suppression and throttling.
+//! its updated baseline (with the thresholds of its override, if any), then
+//! apply suppression, throttling and the catch-up age, and follow each
+//! spike's incident.
+//!
+//! Incidents: a spike in the window right after an ARN's last spike window
+//! continues its incident (`ongoing`); any other spike opens one (`new`).
+//! The first closed window without the ARN's spike resolves it: it is
+//! removed, and with `alerts.resolve_incidents` a `resolved` alert says so.
+//! Throttled and stale spikes still continue the incident, unproduced;
+//! spikes a rule suppresses are in no incident.
 
-use crate::alert::{Alert, SpikeFacts, SuppressedBy, Suppression};
+use crate::alert::{Alert, Incident, SpikeFacts, Status, SuppressedBy};
 use crate::baseline::{self, Baseline, Smoothing};
 use crate::store::{Changes, StoreError};
-use crate::window::ClosedWindow;
+use crate::tuning::Tuning;
+use crate::window::{ArnWindow, ClosedWindow};
 
 /// Both comparisons of the rule are strict, as in the original.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,13 +49,13 @@ impl Thresholds {
 /// Everything that decides what a closed window yields.
 #[derive(Debug, Clone)]
 pub struct Detector {
+    /// The thresholds of every ARN without an override.
     pub thresholds: Thresholds,
     pub smoothing: Smoothing,
     pub event_name_cap: usize,
-    /// Event-time seconds after an alert during which an ARN's further
-    /// alerts are suppressed; 0 turns throttling off.
-    pub throttle_secs: i64,
-    pub suppression: Suppression,
+    pub tuning: Tuning,
+    /// Produce an alert with status `resolved` when an incident ends.
+    pub resolve_incidents: bool,
 }
 
 /// What one closed window produced.
@@ -59,15 +69,21 @@ pub struct Verdicts {
 }
 
 impl Detector {
-    /// Updates baselines in `changes` for every ARN of `window` and returns
-    /// its alerts in ARN order.
+    /// Updates baselines, known APIs and incidents in `changes` for every
+    /// ARN of `window`, and returns its alerts in ARN order (an incident's
+    /// resolution before a new incident of the same ARN). `now_unix` is
+    /// the wall clock, for `alerts.max_alert_age` only.
     pub fn close(
         &self,
         window: &ClosedWindow,
         changes: &mut Changes<'_>,
+        now_unix: i64,
     ) -> Result<Verdicts, StoreError> {
         let mut arns: Vec<&str> = window.arns.keys().map(AsRef::as_ref).collect();
         arns.sort_unstable();
+        let stale = self.tuning.max_alert_age_secs > 0
+            && window.end < now_unix.saturating_sub(self.tuning.max_alert_age_secs);
+        let previous_start = window.start - (window.end - window.start);
         let mut verdicts = Verdicts::default();
         for arn in arns {
             let activity = &window.arns[arn];
@@ -82,44 +98,138 @@ impl Detector {
                 window.start,
                 self.smoothing,
             );
-            if self.thresholds.is_spike(&updated) {
-                let alert = Alert::new(&SpikeFacts {
+            let mut known = changes.known_apis(arn)?;
+            let (thresholds, override_rule) =
+                self.tuning.overrides.for_arn(arn, self.thresholds);
+            if thresholds.is_spike(&updated) {
+                let facts = |status, incident| SpikeFacts {
                     arn,
                     window_start: window.start,
                     window_end: window.end,
                     window: activity,
                     baseline: &updated,
-                    thresholds: self.thresholds,
+                    thresholds,
+                    override_rule,
                     event_name_cap: self.event_name_cap,
-                });
-                match self.suppressed_by(arn, window.start, activity, &updated) {
-                    Some(by) => verdicts.suppressed.push((alert, by)),
+                    status,
+                    incident,
+                    known: &known,
+                };
+                let rule =
+                    self.tuning
+                        .suppression
+                        .matching_rule(arn, window.start, activity);
+                let open = changes.incident(arn)?;
+                match rule {
+                    // A suppressed ARN is not in an incident: an open one
+                    // resolves below, as if this window had no spike.
+                    Some(rule) => {
+                        let alert = Alert::new(&facts(
+                            Status::New,
+                            &Incident::open(window.start),
+                        ));
+                        verdicts.suppressed.push((alert, SuppressedBy::Rule(rule)));
+                    }
                     None => {
-                        updated.last_alert_window_start = Some(window.start);
-                        verdicts.alerts.push(alert);
+                        let mut incident = match open {
+                            Some(incident)
+                                if incident.last_spike_window_start == previous_start =>
+                            {
+                                incident
+                            }
+                            ended => {
+                                if let Some(ended) = ended {
+                                    self.resolve(
+                                        arn,
+                                        &ended,
+                                        window,
+                                        changes,
+                                        stale,
+                                        &mut verdicts,
+                                    )?;
+                                }
+                                Incident::open(window.start)
+                            }
+                        };
+                        incident.add_spike(window.start, activity.count);
+                        let status = if incident.announced {
+                            Status::Ongoing
+                        } else {
+                            Status::New
+                        };
+                        let alert = Alert::new(&facts(status, &incident));
+                        let throttled = self.tuning.throttle_secs > 0
+                            && updated.last_alert_window_start.is_some_and(|last| {
+                                window.start - last < self.tuning.throttle_secs
+                            });
+                        if throttled {
+                            verdicts.suppressed.push((alert, SuppressedBy::Throttle));
+                        } else if stale {
+                            verdicts.suppressed.push((alert, SuppressedBy::Stale));
+                        } else {
+                            incident.announced = true;
+                            updated.last_alert_window_start = Some(window.start);
+                            verdicts.alerts.push(alert);
+                        }
+                        changes.set_incident(arn, Some(incident));
                     }
                 }
             }
+            known.record_window(activity.event_names.keys().map(AsRef::as_ref));
+            changes.set_known_apis(arn, known);
             changes.set_baseline(arn, updated, previous.is_none());
+        }
+        for (arn, incident) in changes.open_incidents()? {
+            if incident.last_spike_window_start < window.start {
+                self.resolve(&arn, &incident, window, changes, stale, &mut verdicts)?;
+            }
         }
         Ok(verdicts)
     }
 
-    fn suppressed_by(
+    /// Closes `arn`'s `incident` in `window`, the first without its spike,
+    /// producing the resolution if the incident was announced and
+    /// resolutions are on.
+    fn resolve(
         &self,
         arn: &str,
-        window_start: i64,
-        activity: &crate::window::ArnWindow,
-        updated: &Baseline,
-    ) -> Option<SuppressedBy> {
-        if let Some(rule) = self.suppression.matching_rule(arn, window_start, activity) {
-            return Some(SuppressedBy::Rule(rule));
+        incident: &Incident,
+        window: &ClosedWindow,
+        changes: &mut Changes<'_>,
+        stale: bool,
+        verdicts: &mut Verdicts,
+    ) -> Result<(), StoreError> {
+        changes.set_incident(arn, None);
+        let Some(baseline) = changes.baseline(arn)? else {
+            return Ok(());
+        };
+        if !(self.resolve_incidents && incident.announced) {
+            return Ok(());
         }
-        let throttled = self.throttle_secs > 0
-            && updated
-                .last_alert_window_start
-                .is_some_and(|last| window_start - last < self.throttle_secs);
-        throttled.then_some(SuppressedBy::Throttle)
+        let quiet = ArnWindow::default();
+        let activity = window.arns.get(arn).unwrap_or(&quiet);
+        let known = changes.known_apis(arn)?;
+        let (thresholds, override_rule) =
+            self.tuning.overrides.for_arn(arn, self.thresholds);
+        let alert = Alert::new(&SpikeFacts {
+            arn,
+            window_start: window.start,
+            window_end: window.end,
+            window: activity,
+            baseline: &baseline,
+            thresholds,
+            override_rule,
+            event_name_cap: self.event_name_cap,
+            status: Status::Resolved,
+            incident,
+            known: &known,
+        });
+        if stale {
+            verdicts.suppressed.push((alert, SuppressedBy::Stale));
+        } else {
+            verdicts.alerts.push(alert);
+        }
+        Ok(())
     }
 }
 

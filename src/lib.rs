@@ -7,7 +7,9 @@
 //! - [`window`]: per-ARN counts in tumbling event-time windows, watermarks;
 //! - [`baseline`]: the running mean and deviation of each ARN;
 //! - [`detect`]: the spike rule, and closing a window into verdicts;
-//! - [`alert`]: the alert schema, its id, and suppression rules;
+//! - [`summary`]: fixed-size summaries that explain an alert;
+//! - [`alert`]: the alert schema, its id, incidents, and suppression rules;
+//! - [`tuning`]: overrides, suppression and throttling, reloadable;
 //! - [`ocsf`]: the alert as an OCSF Detection Finding;
 //! - [`store`]: state in sled, committed in atomic checkpoints;
 //! - [`spill`]: open windows past the memory bound, on disk;
@@ -33,4 +35,6 @@ pub mod replay;
 pub mod server;
 pub mod spill;
 pub mod store;
+pub mod summary;
+pub mod tuning;
 pub mod window;

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use trailspike::config::{Config, LogFormat};
 use trailspike::demo;
 use trailspike::generate::{self, GenerateArgs};
-use trailspike::kafka::pipeline::{self, Health, PipelineError, RunOptions};
+use trailspike::kafka::pipeline::{
+    self, Health, PipelineError, ReloadOptions, RunOptions,
+};
 use trailspike::metrics::Metrics;
 use trailspike::parse::{RejectReason, SkipReason};
 use trailspike::replay;
@@ -129,7 +131,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config, &cli.command);
-    match run(cli.command, &config) {
+    match run(cli.command, &config, cli.config) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("trailspike: {error:#}");
@@ -161,7 +163,11 @@ fn init_logging(config: &Config, command: &Command) {
     }
 }
 
-fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
+fn run(
+    command: Command,
+    config: &Config,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Replay { state, inputs } => {
             replay_files(config, state.as_deref(), &inputs, true)
@@ -175,7 +181,13 @@ fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
             spikes_out,
         } => generate_records(&args, output.as_deref(), spikes_out.as_deref()),
         Command::Baseline { command } => baseline(command),
-        Command::Run { stop_at_end } => service(config, Service::Run { stop_at_end }),
+        Command::Run { stop_at_end } => service(
+            config,
+            Service::Run {
+                stop_at_end,
+                config_file,
+            },
+        ),
         Command::Demo { follow } => service(config, Service::Demo { follow }),
         Command::CheckConfig => {
             print!("{}", config.to_redacted_toml());
@@ -185,8 +197,13 @@ fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 enum Service {
-    Run { stop_at_end: bool },
-    Demo { follow: bool },
+    Run {
+        stop_at_end: bool,
+        config_file: Option<PathBuf>,
+    },
+    Demo {
+        follow: bool,
+    },
 }
 
 /// Exit code of a stop that did not finish within `kafka.shutdown_timeout`.
@@ -210,12 +227,26 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
         tokio::spawn(server);
         tracing::info!(%address, "serving /metrics, /healthz and /readyz");
         let shutdown = Arc::new(AtomicBool::new(false));
+        let reload = Arc::new(AtomicBool::new(false));
         tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(watch_reload_signal(reload.clone()));
         let state_dir = config.state.dir.clone();
         let config = config.clone();
         let outcome = tokio::task::spawn_blocking(move || match service {
-            Service::Run { stop_at_end } => {
-                let options = RunOptions { stop_at_end };
+            Service::Run {
+                stop_at_end,
+                config_file,
+            } => {
+                if config_file.is_none() {
+                    tracing::info!("no --config file: the tuning cannot be reloaded");
+                }
+                let options = RunOptions {
+                    stop_at_end,
+                    reload: config_file.map(|config_file| ReloadOptions {
+                        config_file,
+                        requested: reload,
+                    }),
+                };
                 pipeline::run(&config, metrics, health, shutdown, options)
                     .map_err(Into::into)
             }
@@ -278,6 +309,21 @@ async fn watch_signals(shutdown: Arc<AtomicBool>) {
         }
         tracing::info!("signal received: stopping cleanly (send again to force)");
         shutdown.store(true, Ordering::Relaxed);
+    }
+}
+
+/// SIGHUP asks the pipeline to read the tuning from the config file again.
+async fn watch_reload_signal(reload: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot handle SIGHUP; the tuning reloads only when the file changes"
+        );
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the tuning from the config file");
+        reload.store(true, Ordering::Relaxed);
     }
 }
 
@@ -355,7 +401,7 @@ fn summary(metrics: &Metrics, alerts_printed: bool) -> String {
         metrics.records_late.get(),
         metrics.windows_closed.get(),
         metrics.alerts_produced.get(),
-        by_reason(&metrics.alerts_suppressed, &["rule", "throttle"]),
+        by_reason(&metrics.alerts_suppressed, &["rule", "throttle", "stale"]),
         metrics.baseline_arns.get(),
         metrics.baseline_updates_skipped.get(),
     )
@@ -441,6 +487,25 @@ fn baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
             );
             let last_alert = b.last_alert_window_start.map(trailspike::alert::rfc3339);
             println!("lastAlertWindow {}", last_alert.as_deref().unwrap_or("-"));
+            let known = store.known_apis(&arn)?;
+            match store.incident(&arn)? {
+                Some(incident) => {
+                    println!(
+                        "openIncident    since {}, {} spike window(s), peak {} calls",
+                        trailspike::alert::rfc3339(incident.first_window_start),
+                        incident.spike_windows,
+                        incident.peak_api_calls
+                    );
+                }
+                None => println!("openIncident    -"),
+            }
+            println!(
+                "usualApis       {} remembered, with the windows each was called in:",
+                known.len()
+            );
+            for api in known.usual(known.len()) {
+                println!("  {:<40} {}", api.value, api.count);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

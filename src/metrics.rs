@@ -51,6 +51,8 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub baseline_updates_skipped: IntCounter,
     pub baselines_expired: IntCounter,
+    pub tuning_reloads: IntCounterVec,
+    pub tuning_reload_failing: IntGauge,
 }
 
 impl Metrics {
@@ -92,7 +94,7 @@ impl Metrics {
                 "trailspike_alerts_suppressed_total",
                 "Spikes not alerted, by what suppressed them",
                 "by",
-                &["rule", "throttle"],
+                &["rule", "throttle", "stale"],
             ),
             dead_letters: counter_vec(
                 "trailspike_dead_letter_messages_total",
@@ -175,6 +177,16 @@ impl Metrics {
                 "Produce requests retried (librdkafka statistics)",
             ),
             ready: gauge("trailspike_ready", "1 when /readyz reports ready, else 0"),
+            tuning_reloads: counter_vec(
+                "trailspike_tuning_reloads_total",
+                "Reloads of the tuning (suppress, override, throttle, max_alert_age) from the config file, by result",
+                "result",
+                &["loaded", "refused"],
+            ),
+            tuning_reload_failing: gauge(
+                "trailspike_tuning_reload_failing",
+                "1 while the config file's last reload was refused and older rules are running",
+            ),
             baselines_expired: counter(
                 "trailspike_baselines_expired_total",
                 "Baselines deleted because their ARN was idle longer than state.baseline_ttl",
@@ -190,7 +202,9 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 32] = [
+            Box::new(self.tuning_reloads.clone()),
+            Box::new(self.tuning_reload_failing.clone()),
             Box::new(self.baselines_expired.clone()),
             Box::new(self.baseline_updates_skipped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -263,6 +277,14 @@ impl Metrics {
             .inc();
     }
 
+    /// The config file was read again for the tuning: `loaded`, or
+    /// refused (the reason is logged by the caller with the file).
+    pub fn tuning_reloaded(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "refused" };
+        self.tuning_reloads.with_label_values(&[result]).inc();
+        self.tuning_reload_failing.set(i64::from(!loaded));
+    }
+
     /// An alert reached its destination (the alerts topic, or stdout).
     pub fn alert_produced(&self) {
         self.alerts_produced.inc();
@@ -272,10 +294,13 @@ impl Metrics {
     pub fn spike_detected(&self, alert: &Alert) {
         tracing::info!(
             alert_id = %alert.alert_id,
+            incident_id = %alert.incident_id,
+            status = ?alert.status,
             user = %alert.user,
             window_start = %alert.window_start,
             calls = alert.number_of_api_calls,
             threshold = alert.threshold,
+            z_score = alert.z_score,
             "spike alert"
         );
     }
@@ -286,7 +311,7 @@ impl Metrics {
             .inc();
         let rule = match by {
             SuppressedBy::Rule(index) => Some(index + 1),
-            SuppressedBy::Throttle => None,
+            SuppressedBy::Throttle | SuppressedBy::Stale => None,
         };
         tracing::info!(
             alert_id = %alert.alert_id,

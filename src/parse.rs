@@ -131,6 +131,20 @@ pub struct ApiCall<'a> {
     /// Empty when the record has none; still counted.
     pub event_name: Cow<'a, str>,
     pub event_id: Option<Cow<'a, str>>,
+    /// What the call was made of, for the alert's explanation. Not part of
+    /// the count: a record that lacks them, or has them of the wrong type,
+    /// still counts.
+    pub context: CallContext<'a>,
+}
+
+/// Fields of a record that explain an alert but do not decide it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallContext<'a> {
+    pub source_ip: Option<Cow<'a, str>>,
+    pub user_agent: Option<Cow<'a, str>>,
+    pub region: Option<Cow<'a, str>>,
+    /// Present when the call failed (`AccessDenied`, `ThrottlingException`).
+    pub error_code: Option<Cow<'a, str>>,
 }
 
 /// What became of one record of a message.
@@ -305,6 +319,12 @@ fn record_outcome<'a>(
     let identity = fields.user_identity.unwrap_or_default();
     let arn = identity.arn.into_str("userIdentity.arn")?;
     let invoked_by = identity.invoked_by.into_str("userIdentity.invokedBy")?;
+    let context = CallContext {
+        source_ip: fields.source_ip.into_context(),
+        user_agent: fields.user_agent.into_context(),
+        region: fields.region.into_context(),
+        error_code: fields.error_code.into_context(),
+    };
 
     let skip = |reason| Ok(RecordOutcome::Skipped { reason, event_time });
     if event_type.as_deref() != Some("AwsApiCall") {
@@ -322,6 +342,7 @@ fn record_outcome<'a>(
         arn,
         event_name: event_name.unwrap_or_default(),
         event_id,
+        context,
     }))
 }
 
@@ -436,6 +457,10 @@ struct RecordFields<'a> {
     event_name: Field<'a>,
     event_id: Field<'a>,
     user_identity: Option<Identity<'a>>,
+    source_ip: Field<'a>,
+    user_agent: Field<'a>,
+    region: Field<'a>,
+    error_code: Field<'a>,
 }
 
 #[derive(Default)]
@@ -461,6 +486,14 @@ impl<'a> Field<'a> {
             Field::Absent | Field::Null => Ok(None),
             Field::WrongType => Err(wrong_type(name)),
             Field::Str(text) => Ok(Some(text)),
+        }
+    }
+
+    /// A field that only explains: a wrong type is dropped, not an error.
+    fn into_context(self) -> Option<Cow<'a, str>> {
+        match self {
+            Field::Str(text) if !text.is_empty() => Some(text),
+            _ => None,
         }
     }
 }
@@ -549,6 +582,10 @@ enum KnownKey {
     UserIdentity,
     Arn,
     InvokedBy,
+    SourceIp,
+    UserAgent,
+    Region,
+    ErrorCode,
 }
 
 impl Key {
@@ -562,6 +599,10 @@ impl Key {
             "userIdentity" => Key::Known(KnownKey::UserIdentity),
             "arn" => Key::Known(KnownKey::Arn),
             "invokedBy" => Key::Known(KnownKey::InvokedBy),
+            "sourceIPAddress" => Key::Known(KnownKey::SourceIp),
+            "userAgent" => Key::Known(KnownKey::UserAgent),
+            "awsRegion" => Key::Known(KnownKey::Region),
+            "errorCode" => Key::Known(KnownKey::ErrorCode),
             _ => Key::Other,
         }
     }
@@ -643,6 +684,10 @@ fn read_record_field<'de, A: MapAccess<'de>>(
         KnownKey::EventType => fields.event_type = map.next_value()?,
         KnownKey::EventName => fields.event_name = map.next_value()?,
         KnownKey::EventId => fields.event_id = map.next_value()?,
+        KnownKey::SourceIp => fields.source_ip = map.next_value()?,
+        KnownKey::UserAgent => fields.user_agent = map.next_value()?,
+        KnownKey::Region => fields.region = map.next_value()?,
+        KnownKey::ErrorCode => fields.error_code = map.next_value()?,
         KnownKey::UserIdentity => {
             fields.user_identity =
                 map.next_value::<Option<IdentityOrOther<'de>>>()?

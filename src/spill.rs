@@ -332,7 +332,7 @@ mod tests {
     fn window(count: u64, dirty: bool) -> ArnWindow {
         ArnWindow {
             count,
-            event_names: ["ListBuckets".into()].into_iter().collect(),
+            event_names: [("ListBuckets".into(), 1)].into_iter().collect(),
             dirty,
             ..ArnWindow::default()
         }

@@ -11,8 +11,10 @@
 //! | `b` | ARN | [`Baseline`] |
 //! | `w` | window start (order-preserving) + ARN | [`ArnWindow`] |
 //! | `s` | source id (order-preserving) | [`SourceProgress`] |
+//! | `a` | ARN | [`KnownApis`]: the APIs it has called |
+//! | `i` | ARN | [`Incident`]: its open incident |
 //! | `o` | sequence number | alert JSON |
-//! | `m` | name | metadata such as the watermark |
+//! | `m` | name | metadata such as the watermark and the format |
 //!
 //! Values are postcard; a value that does not decode is a corrupted store
 //! and an error, never skipped.
@@ -28,16 +30,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::Incident;
 use crate::baseline::Baseline;
 use crate::spill::Spill;
-use crate::window::{ArnWindow, SourceId};
+use crate::summary::KnownApis;
+use crate::window::{ArnWindow, FastSet, SourceId};
 
 const BASELINE: u8 = b'b';
 const WINDOW: u8 = b'w';
 const SOURCE: u8 = b's';
 const OUTBOX: u8 = b'o';
+const KNOWN_APIS: u8 = b'a';
+const INCIDENT: u8 = b'i';
 const WATERMARK_KEY: &[u8] = b"mwatermark";
 const BASELINE_COUNT_KEY: &[u8] = b"mbaseline_count";
+const FORMAT_KEY: &[u8] = b"mformat";
+/// Version of the value layouts. 1 (no key) held open windows without
+/// per-name counts or context; they are converted when the store opens.
+const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +79,12 @@ pub enum StoreError {
     },
     #[error("baseline CSV line {line}: {message}")]
     Csv { line: u64, message: String },
+    #[error(
+        "state store format {found} was written by a newer trailspike \
+         (this one reads up to {FORMAT}); run that version, or start from an \
+         empty state.dir"
+    )]
+    NewerFormat { found: u32 },
 }
 
 /// An alert made durable and waiting for the broker's acknowledgement.
@@ -157,7 +173,31 @@ impl StateStore {
             None => store.count_baselines()?,
         };
         store.baseline_count.store(count, Ordering::Relaxed);
+        store.upgrade_format()?;
         Ok(store)
+    }
+
+    /// Converts values written by an older trailspike, once.
+    fn upgrade_format(&self) -> Result<(), StoreError> {
+        let found: u32 = match self.tree.get(FORMAT_KEY)? {
+            Some(bytes) => decode(&bytes, FORMAT_KEY)?,
+            None => 1,
+        };
+        if found > FORMAT {
+            return Err(StoreError::NewerFormat { found });
+        }
+        if found == FORMAT {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for entry in self.tree.scan_prefix([WINDOW]) {
+            let (k, v) = entry?;
+            let old: WindowFormat1 = decode(&v, &k)?;
+            batch.insert(k, encode(&old.upgrade()));
+        }
+        batch.insert(FORMAT_KEY, encode(&FORMAT));
+        self.tree.apply_batch(batch)?;
+        self.flush()
     }
 
     fn count_baselines(&self) -> Result<u64, StoreError> {
@@ -180,6 +220,36 @@ impl StateStore {
         self.tree.scan_prefix([BASELINE]).map(|entry| {
             let (k, v) = entry?;
             let arn = String::from_utf8_lossy(&k[1..]).into_owned();
+            Ok((arn, decode(&v, &k)?))
+        })
+    }
+
+    /// The APIs `arn` has called, as far as remembered.
+    pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
+        let key = key(KNOWN_APIS, arn.as_bytes());
+        self.tree
+            .get(&key)?
+            .map(|bytes| decode(&bytes, &key))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// `arn`'s open incident.
+    pub fn incident(&self, arn: &str) -> Result<Option<Incident>, StoreError> {
+        let key = key(INCIDENT, arn.as_bytes());
+        self.tree
+            .get(&key)?
+            .map(|bytes| decode(&bytes, &key))
+            .transpose()
+    }
+
+    /// Every open incident, in ARN order.
+    pub fn incidents(
+        &self,
+    ) -> impl Iterator<Item = Result<(Box<str>, Incident), StoreError>> + '_ {
+        self.tree.scan_prefix([INCIDENT]).map(|entry| {
+            let (k, v) = entry?;
+            let arn = String::from_utf8_lossy(&k[1..]).into();
             Ok((arn, decode(&v, &k)?))
         })
     }
@@ -257,6 +327,8 @@ impl StateStore {
         Changes {
             store: self,
             baselines: HashMap::new(),
+            known_apis: HashMap::new(),
+            incidents: HashMap::new(),
             batch: sled::Batch::default(),
             new_alerts: Vec::new(),
             new_baselines: 0,
@@ -424,6 +496,9 @@ impl CsvColumns {
 pub struct Changes<'s> {
     store: &'s StateStore,
     baselines: HashMap<Box<str>, Baseline>,
+    known_apis: HashMap<Box<str>, KnownApis>,
+    /// `None` for an incident closed in this batch.
+    incidents: HashMap<Box<str>, Option<Incident>>,
     batch: sled::Batch,
     new_alerts: Vec<OutboxEntry>,
     new_baselines: u64,
@@ -444,6 +519,46 @@ impl Changes<'_> {
         self.baselines.insert(arn.into(), baseline);
     }
 
+    pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
+        match self.known_apis.get(arn) {
+            Some(known) => Ok(known.clone()),
+            None => self.store.known_apis(arn),
+        }
+    }
+
+    pub fn set_known_apis(&mut self, arn: &str, known: KnownApis) {
+        self.known_apis.insert(arn.into(), known);
+    }
+
+    pub fn incident(&self, arn: &str) -> Result<Option<Incident>, StoreError> {
+        match self.incidents.get(arn) {
+            Some(incident) => Ok(incident.clone()),
+            None => self.store.incident(arn),
+        }
+    }
+
+    /// Opens, updates or (with `None`) closes `arn`'s incident.
+    pub fn set_incident(&mut self, arn: &str, incident: Option<Incident>) {
+        self.incidents.insert(arn.into(), incident);
+    }
+
+    /// Every incident open as of this batch, in ARN order. Incidents are
+    /// few (only ARNs spiking now), so reading them all is cheap.
+    pub fn open_incidents(&self) -> Result<Vec<(Box<str>, Incident)>, StoreError> {
+        let mut open = BTreeMap::new();
+        for entry in self.store.incidents() {
+            let (arn, incident) = entry?;
+            open.insert(arn, incident);
+        }
+        for (arn, incident) in &self.incidents {
+            match incident {
+                Some(incident) => open.insert(arn.clone(), incident.clone()),
+                None => open.remove(arn),
+            };
+        }
+        Ok(open.into_iter().collect())
+    }
+
     /// Deletes every baseline last updated by a window starting before
     /// `cutoff`, as stored or as changed in this batch. Returns how many.
     pub fn expire_baselines(&mut self, cutoff: i64) -> Result<u64, StoreError> {
@@ -453,16 +568,33 @@ impl Changes<'_> {
             let current = self.baselines.get(arn.as_str()).unwrap_or(&stored);
             if current.last_window_start < cutoff {
                 self.baselines.remove(arn.as_str());
-                self.batch.remove(key(BASELINE, arn.as_bytes()));
+                self.forget_arn(&arn);
                 expired += 1;
             }
         }
         // Baselines created in this batch and already idle too long.
-        let before = self.baselines.len();
-        self.baselines.retain(|_, b| b.last_window_start >= cutoff);
-        expired += (before - self.baselines.len()) as u64;
+        let idle: Vec<Box<str>> = self
+            .baselines
+            .iter()
+            .filter(|(_, b)| b.last_window_start < cutoff)
+            .map(|(arn, _)| arn.clone())
+            .collect();
+        for arn in &idle {
+            self.baselines.remove(arn);
+            self.forget_arn(arn);
+        }
+        expired += idle.len() as u64;
         self.expired_baselines += expired;
         Ok(expired)
+    }
+
+    /// Removes what is kept about `arn` beside its baseline.
+    fn forget_arn(&mut self, arn: &str) {
+        self.known_apis.remove(arn);
+        self.incidents.remove(arn);
+        for kind in [BASELINE, KNOWN_APIS, INCIDENT] {
+            self.batch.remove(key(kind, arn.as_bytes()));
+        }
     }
 
     pub fn put_window(&mut self, start: i64, arn: &str, window: &ArnWindow) {
@@ -515,6 +647,17 @@ impl Changes<'_> {
             self.batch
                 .insert(key(BASELINE, arn.as_bytes()), encode(baseline));
         }
+        for (arn, known) in &self.known_apis {
+            self.batch
+                .insert(key(KNOWN_APIS, arn.as_bytes()), encode(known));
+        }
+        for (arn, incident) in &self.incidents {
+            let key = key(INCIDENT, arn.as_bytes());
+            match incident {
+                Some(incident) => self.batch.insert(key, encode(incident)),
+                None => self.batch.remove(key),
+            }
+        }
         let count = (self.store.baseline_count() + self.new_baselines)
             .saturating_sub(self.expired_baselines);
         if self.new_baselines > 0 || self.expired_baselines > 0 {
@@ -524,6 +667,28 @@ impl Changes<'_> {
         self.store.baseline_count.store(count, Ordering::Relaxed);
         self.store.flush()?;
         Ok(queued)
+    }
+}
+
+/// An open window as format 1 stored it.
+#[derive(Deserialize)]
+struct WindowFormat1 {
+    count: u64,
+    event_names: FastSet<Box<str>>,
+    event_ids: FastSet<Box<str>>,
+}
+
+impl WindowFormat1 {
+    /// Format 1 kept no calls per name, so each name counts as called once
+    /// in the explanation of the windows open at the upgrade; the window's
+    /// count and distinct names, which decide alerts, are exact.
+    fn upgrade(self) -> ArnWindow {
+        ArnWindow {
+            count: self.count,
+            event_names: self.event_names.into_iter().map(|n| (n, 1)).collect(),
+            event_ids: self.event_ids,
+            ..ArnWindow::default()
+        }
     }
 }
 

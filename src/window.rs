@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::parse::ApiCall;
 use crate::spill::Spill;
 use crate::store::StoreError;
+use crate::summary::WindowContext;
 
 /// Maps and sets keyed by ARNs and event names, which every record looks
 /// up: a fast non-cryptographic hash, seeded per process so that crafted
@@ -53,12 +54,14 @@ impl WindowSpec {
     }
 }
 
-/// What one ARN did in one window. `event_names` is exact, because
-/// `uniqueApisCalled` is an exact distinct count.
+/// What one ARN did in one window. `event_names` is exact, with the calls
+/// of each, because `uniqueApisCalled` is an exact distinct count; the rest
+/// of what explains an alert is in fixed-size `context`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArnWindow {
     pub count: u64,
-    pub event_names: FastSet<Box<str>>,
+    pub event_names: FastMap<Box<str>, u64>,
+    pub context: WindowContext,
     /// Only filled when `dedupe_event_id` is on.
     pub event_ids: FastSet<Box<str>>,
     /// Changed since the last checkpoint.
@@ -261,9 +264,17 @@ impl Windows {
             }
         }
         window.count += 1;
-        if !window.event_names.contains(call.event_name.as_ref()) {
-            window.event_names.insert(call.event_name.as_ref().into());
+        match window.event_names.get_mut(call.event_name.as_ref()) {
+            Some(calls) => *calls += 1,
+            None => {
+                window
+                    .event_names
+                    .insert(call.event_name.as_ref().into(), 1);
+            }
         }
+        window
+            .context
+            .add(call.event_time, call.event_id.as_deref(), &call.context);
         window.dirty = true;
         Admission::Counted
     }
@@ -490,6 +501,7 @@ mod tests {
             arn: Cow::Borrowed(arn),
             event_name: Cow::Borrowed("ListBuckets"),
             event_id: None,
+            context: Default::default(),
         }
     }
 

@@ -117,7 +117,7 @@ impl Run {
             .into_iter()
             .map(|(start, arn, w)| {
                 let names: BTreeSet<String> =
-                    w.event_names.iter().map(|n| n.to_string()).collect();
+                    w.event_names.keys().map(|n| n.to_string()).collect();
                 (start, arn.to_string(), w.count, names.into_iter().collect())
             })
             .collect();

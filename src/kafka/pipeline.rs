@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::config::{Config, ConfigError};
 use crate::engine::{DeadLetter, Engine};
 use crate::metrics::Metrics;
 use crate::store::{StateStore, StoreError};
+use crate::tuning::{Reload, RulesFile};
 use crate::window::SourceId;
 
 use super::readback;
@@ -119,11 +121,21 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Shut down cleanly once every assigned partition has been read to
     /// its end (the demo and tests; a service runs until signalled).
     pub stop_at_end: bool,
+    /// Where the tuning is reloaded from, when run with a config file.
+    pub reload: Option<ReloadOptions>,
+}
+
+/// The config file to take the tuning from while running.
+#[derive(Debug, Clone)]
+pub struct ReloadOptions {
+    pub config_file: PathBuf,
+    /// Set by SIGHUP: reload now, changed or not.
+    pub requested: Arc<AtomicBool>,
 }
 
 /// Runs the pipeline until `shutdown` is set (or the input is exhausted,
@@ -136,7 +148,7 @@ pub fn run(
     options: RunOptions,
 ) -> Result<(), PipelineError> {
     let mut pipeline = Pipeline::start(config, metrics, health, &shutdown)?;
-    pipeline.run(&shutdown, options)?;
+    pipeline.run(&shutdown, &options)?;
     pipeline.stop()
 }
 
@@ -221,11 +233,23 @@ impl<'c> Pipeline<'c> {
     fn run(
         &mut self,
         shutdown: &AtomicBool,
-        options: RunOptions,
+        options: &RunOptions,
     ) -> Result<(), PipelineError> {
         let interval = self.config.state.checkpoint_interval;
         let mut last_end_check = Instant::now();
+        let mut rules = options
+            .reload
+            .as_ref()
+            .map(|reload| (RulesFile::new(&reload.config_file), reload, Instant::now()));
         while !shutdown.load(Ordering::Relaxed) {
+            if let Some((file, reload, last_poll)) = &mut rules {
+                let poll = self.config.reload.poll_interval;
+                let forced = reload.requested.swap(false, Ordering::Relaxed);
+                if forced || (!poll.is_zero() && last_poll.elapsed() >= poll) {
+                    *last_poll = Instant::now();
+                    self.reload_tuning(file, forced);
+                }
+            }
             let handled = self.poll_batch()?;
             self.apply_assignment_changes();
             self.drain_deliveries()?;
@@ -247,6 +271,46 @@ impl<'c> Pipeline<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Takes the tuning from the config file if it changed (or `forced`),
+    /// from the next window closed on; a file that does not load is
+    /// refused and the running tuning stays.
+    fn reload_tuning(&mut self, file: &mut RulesFile, forced: bool) {
+        let path = file.path().display().to_string();
+        match file.reload(forced, self.config) {
+            Reload::Unchanged => {}
+            Reload::Loaded {
+                tuning,
+                needs_restart,
+            } => {
+                tracing::info!(
+                    file = %path,
+                    suppress_rules = tuning.suppression.len(),
+                    overrides = tuning.overrides.len(),
+                    throttle_secs = tuning.throttle_secs,
+                    max_alert_age_secs = tuning.max_alert_age_secs,
+                    "tuning reloaded; applies from the next window closed"
+                );
+                if !needs_restart.is_empty() {
+                    tracing::warn!(
+                        file = %path,
+                        sections = ?needs_restart,
+                        "these sections changed too and take effect only at a restart"
+                    );
+                }
+                self.engine.set_tuning(*tuning);
+                self.metrics.tuning_reloaded(true);
+            }
+            Reload::Refused(error) => {
+                tracing::error!(
+                    file = %path,
+                    %error,
+                    "tuning reload refused; the running rules stay"
+                );
+                self.metrics.tuning_reloaded(false);
+            }
+        }
     }
 
     /// Publishes event-time progress and readiness, at most once a second.
