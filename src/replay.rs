@@ -67,6 +67,8 @@ pub fn run(
     // The wall clock stands in for the message time of the future-skew
     // guard: a record from after the replay started is certainly corrupt.
     let arrival_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+    // And for the catch-up age of alerts (`alerts.max_alert_age`).
+    let closed_at_ms = arrival_unix * 1000;
     let mut changes = store.changes();
     let mut pending_alerts = Vec::new();
     let mut since_commit = 0;
@@ -98,7 +100,7 @@ pub fn run(
                 finish_input(&mut inputs, index, &mut engine);
             }
         }
-        pending_alerts.extend(engine.close_ready(&mut changes, 0)?);
+        pending_alerts.extend(engine.close_ready(&mut changes, closed_at_ms)?);
         since_commit += 1;
         if since_commit >= MESSAGES_PER_COMMIT {
             changes.commit()?;
@@ -107,7 +109,7 @@ pub fn run(
             since_commit = 0;
         }
     }
-    pending_alerts.extend(engine.close_all(&mut changes, 0)?);
+    pending_alerts.extend(engine.close_all(&mut changes, closed_at_ms)?);
     changes.commit()?;
     emit(&mut pending_alerts, engine.metrics(), on_alert, &mut report)?;
     // Replay produces to stdout, not to a broker: nothing waits in the

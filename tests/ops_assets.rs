@@ -606,7 +606,13 @@ fn schema_refuses_alerts_that_break_the_contract() {
     let edits = [
         ("missing field", "threshold", None),
         ("extra field", "severity", Some(json!("high"))),
-        ("schema version", "schemaVersion", Some(json!(2))),
+        ("schema version", "schemaVersion", Some(json!(1))),
+        ("status", "status", Some(json!("closed"))),
+        (
+            "explanation",
+            "explanation",
+            Some(json!({"topEventNames": "ListBuckets"})),
+        ),
         ("alert id", "alertId", Some(json!("not-a-uuid"))),
         (
             "window time",
