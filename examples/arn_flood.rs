@@ -2,10 +2,13 @@
 //! the engine and prints how much memory each open (window, ARN) entry
 //! costs, with and without the `state.max_open_arn_windows` bound.
 //!
-//!     cargo run --release --example arn_flood -- ARNS [MAX_OPEN]
+//!     cargo run --release --example arn_flood -- ARNS [MAX_OPEN] [CALLS]
 //!
-//! `MAX_OPEN` 0 (the default) means unbounded. RELIABILITY.md has figures
-//! from both.
+//! `MAX_OPEN` 0 (the default) means unbounded. Each ARN makes `CALLS`
+//! calls (default 1), each from a source IP, user agent, region and error
+//! code of its own, so from `CALLS` = 12 on every top-values summary of the
+//! explanation is full: the worst case of an entry's size.
+//! RELIABILITY.md and BENCHMARKS.md have figures.
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: arn_flood ARNS [MAX_OPEN]")?
         .parse()?;
     let max_open: usize = args.next().map_or(Ok(0), |a| a.parse())?;
+    let calls: usize = args.next().map_or(Ok(1), |a| a.parse())?;
     let state = tempfile::tempdir()?;
     let store = StateStore::open(state.path())?;
     let mut config = Config::default();
@@ -44,21 +48,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let window_start = 1_714_557_600_i64;
     let arrival = window_start + 7200;
     let mut message = String::new();
-    for i in 0..arns {
-        message.clear();
-        let second = i % 3600;
-        message.push_str(&format!(
-            r#"{{"eventTime":"2024-05-01T10:{:02}:{:02}Z","eventType":"AwsApiCall","eventName":"{}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::123456789012:user/flood-{i:09}"}}}}"#,
-            second / 60,
-            second % 60,
-            EVENT_NAMES[i % EVENT_NAMES.len()],
-        ));
-        engine.process_message(0, message.as_bytes(), arrival, 0, &"probe", &mut |_| {});
+    for call in 0..calls {
+        for i in 0..arns {
+            message.clear();
+            let second = (i + call) % 3600;
+            message.push_str(&format!(
+                r#"{{"eventTime":"2024-05-01T10:{:02}:{:02}Z","eventType":"AwsApiCall","eventName":"{}","eventID":"{i:08x}-{call:04x}-4c1e-9f7a-6b2d8e0c5a31","sourceIPAddress":"198.51.{}.{}","userAgent":"aws-cli/2.15.{call} md/Botocore#1.34.{call} ua/2.0 os/linux#6.1.0 md/arch#x86_64 lang/python#3.11.8 md/pyimpl#CPython cfg/retry-mode#standard md/installer#exe","awsRegion":"region-{call}","errorCode":"Error{call}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::123456789012:user/flood-{i:09}"}}}}"#,
+                second / 60,
+                second % 60,
+                EVENT_NAMES[(i + call) % EVENT_NAMES.len()],
+                call / 256,
+                call % 256,
+            ));
+            engine.process_message(0, message.as_bytes(), arrival, 0, &"probe", &mut |_| {});
+        }
     }
     let fed = memory();
     let windows = engine.windows();
     println!(
-        "arns={arns} max_open={} resident={} spilled={}",
+        "arns={arns} calls_per_arn={calls} max_open={} resident={} spilled={}",
         if max_open == 0 {
             "unbounded".to_string()
         } else {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::baseline::Baseline;
 use crate::detect::Thresholds;
-use crate::summary::{KnownApis, TopValues, REPORTED_TOP};
+use crate::summary::{Kind, KnownApis, REPORTED_TOP};
 use crate::window::ArnWindow;
 
 /// The Splunk analytic this detection ports.
@@ -288,9 +288,9 @@ impl Explanation {
             })
             .collect();
         let context = &window.context;
-        let top = |values: &TopValues| {
-            values
-                .top(REPORTED_TOP)
+        let top = |kind| {
+            context
+                .top(kind, REPORTED_TOP)
                 .into_iter()
                 .map(|c| ValueCount {
                     value: c.value.into(),
@@ -300,25 +300,21 @@ impl Explanation {
         };
         let failure_share = match window.count {
             0 => 0.0,
-            calls => context.failed_calls as f64 / calls as f64,
+            calls => context.failed_calls() as f64 / calls as f64,
         };
         Explanation {
             top_event_names,
             new_event_names,
             known_apis: known.len() as u64,
-            top_source_ips: top(&context.source_ips),
-            top_user_agents: top(&context.user_agents),
-            top_regions: top(&context.regions),
-            top_error_codes: top(&context.error_codes),
-            failed_calls: context.failed_calls,
+            top_source_ips: top(Kind::SourceIp),
+            top_user_agents: top(Kind::UserAgent),
+            top_regions: top(Kind::Region),
+            top_error_codes: top(Kind::ErrorCode),
+            failed_calls: context.failed_calls(),
             failure_share,
-            first_event_time: context.first_event_time.map(rfc3339),
-            last_event_time: context.last_event_time.map(rfc3339),
-            sample_event_ids: context
-                .sample_event_ids
-                .iter()
-                .map(|(_, id)| id.to_string())
-                .collect(),
+            first_event_time: context.first_event_time().map(rfc3339),
+            last_event_time: context.last_event_time().map(rfc3339),
+            sample_event_ids: context.sample_event_ids(),
             approximate: context.is_approximate(),
         }
     }

@@ -267,9 +267,10 @@ pub struct StateConfig {
     /// forever; `0s` keeps every baseline.
     #[serde(with = "humantime_serde")]
     pub baseline_ttl: Duration,
-    /// (window, ARN) entries of open windows kept in memory; beyond it
-    /// they move to the store's spill area and back when needed, so a
-    /// flood of new ARNs costs disk, not memory. Default 1,000,000.
+    /// (window, ARN) entries of open windows kept in memory, about 1 KB
+    /// each; beyond it they move to the store's spill area and back when
+    /// needed, so a flood of new ARNs costs disk, not memory. Default
+    /// 1,000,000.
     pub max_open_arn_windows: usize,
 }
 

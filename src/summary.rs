@@ -5,10 +5,10 @@
 //! records it saw, so the memory of open windows stays a constant per
 //! (window, ARN) entry and `state.max_open_arn_windows` keeps bounding it:
 //!
-//! - [`TopValues`]: at most [`TOP_SLOTS`] values of at most
+//! - [`WindowContext`]: per kind of value (source IP, user agent, region,
+//!   error code) at most [`TOP_SLOTS`] values of at most
 //!   [`MAX_VALUE_BYTES`] bytes each, with counts (Space-Saving);
-//! - [`WindowContext`]: four of those, [`SAMPLE_EVENT_IDS`] event ids and
-//!   a few integers;
+//!   [`SAMPLE_EVENT_IDS`] eventIDs and a few integers;
 //! - [`KnownApis`]: at most [`KNOWN_API_SLOTS`] API names per ARN, kept in
 //!   the store beside its baseline.
 //!
@@ -43,58 +43,197 @@ pub struct Counted {
     pub count: u64,
 }
 
-/// The most frequent values of one kind, in fixed space (the Space-Saving
-/// algorithm of Metwally, Agrawal and El Abbadi): a new value that finds
-/// every slot taken replaces the least-counted one and inherits its count
-/// plus one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopValues {
-    slots: Vec<Counted>,
-    /// A value was ever replaced, so counts may over-count.
-    approximate: bool,
+/// The kinds of value a window's context tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    SourceIp,
+    UserAgent,
+    Region,
+    ErrorCode,
 }
 
-impl TopValues {
-    pub fn add(&mut self, value: &str) {
-        let value = clip(value);
-        if let Some(slot) = self.slots.iter_mut().find(|s| &*s.value == value) {
-            slot.count += 1;
-            return;
-        }
-        if self.slots.len() < TOP_SLOTS {
-            self.slots.push(Counted {
-                value: value.into(),
-                count: 1,
-            });
-            return;
-        }
-        // Ties go to the greatest value, so that which slot is replaced
-        // depends on the counts and values only.
-        if let Some(least) = self
-            .slots
-            .iter_mut()
-            .min_by(|a, b| a.count.cmp(&b.count).then_with(|| b.value.cmp(&a.value)))
-        {
-            least.value = value.into();
-            least.count += 1;
-            self.approximate = true;
+impl Kind {
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// One tracked value. Counts are 32-bit: one ARN's calls in one window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Slot {
+    kind: Kind,
+    count: u32,
+    value: Box<str>,
+}
+
+/// An eventID, in 16 bytes when it is a UUID as CloudTrail writes them,
+/// so a sample costs no allocation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum SampleId {
+    Uuid([u8; 16]),
+    Text(Box<str>),
+}
+
+impl SampleId {
+    fn new(id: &str) -> SampleId {
+        match uuid::Uuid::try_parse(id) {
+            Ok(uuid) if uuid.hyphenated().to_string() == id => SampleId::Uuid(*uuid.as_bytes()),
+            _ => SampleId::Text(clip(id).into()),
         }
     }
 
-    /// Up to `n` values, most frequent first, ties by value.
-    pub fn top(&self, n: usize) -> Vec<Counted> {
-        let mut sorted = self.slots.clone();
+    fn text(&self) -> String {
+        match self {
+            SampleId::Uuid(bytes) => uuid::Uuid::from_bytes(*bytes).hyphenated().to_string(),
+            SampleId::Text(text) => text.to_string(),
+        }
+    }
+}
+
+/// What one ARN's calls in one window were made of, beyond their count
+/// and names: the most frequent values of each [`Kind`] in fixed space
+/// (the Space-Saving algorithm of Metwally, Agrawal and El Abbadi: a new
+/// value that finds its kind's slots taken replaces the least-counted one
+/// and inherits its count plus one), failures, first and last time, and
+/// the earliest eventIDs.
+///
+/// Laid out for size, since there is one per open (window, ARN) entry: the
+/// four kinds share one vector grown a slot at a time, and UUID eventIDs
+/// are kept as bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowContext {
+    slots: Vec<Slot>,
+    /// One bit per kind that ever replaced a value, so may over-count.
+    approximate: u8,
+    failed_calls: u32,
+    first_event_time: Option<i64>,
+    last_event_time: Option<i64>,
+    /// The earliest calls' (eventTime, eventID), sorted.
+    sample_event_ids: Vec<(i64, SampleId)>,
+}
+
+impl WindowContext {
+    /// Adds one counted call.
+    pub fn add(&mut self, event_time: i64, event_id: Option<&str>, call: &CallContext<'_>) {
+        let values = [
+            (Kind::SourceIp, &call.source_ip),
+            (Kind::UserAgent, &call.user_agent),
+            (Kind::Region, &call.region),
+            (Kind::ErrorCode, &call.error_code),
+        ];
+        for (kind, value) in values {
+            if let Some(value) = value {
+                self.add_value(kind, value);
+            }
+        }
+        if call.error_code.is_some() {
+            self.failed_calls = self.failed_calls.saturating_add(1);
+        }
+        self.first_event_time = Some(self.first_event_time.map_or(event_time, |t| t.min(event_time)));
+        self.last_event_time = Some(self.last_event_time.map_or(event_time, |t| t.max(event_time)));
+        if let Some(id) = event_id {
+            self.sample(event_time, id);
+        }
+    }
+
+    fn add_value(&mut self, kind: Kind, value: &str) {
+        let value = clip(value);
+        let mut held = 0;
+        let mut least: Option<usize> = None;
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.kind != kind {
+                continue;
+            }
+            if &*slot.value == value {
+                self.slots[i].count = slot.count.saturating_add(1);
+                return;
+            }
+            held += 1;
+            // Ties go to the greatest value, so which slot is replaced
+            // depends on the counts and values only.
+            let lower = |a: &Slot, b: &Slot| {
+                a.count < b.count || (a.count == b.count && a.value > b.value)
+            };
+            if least.is_none_or(|j| lower(slot, &self.slots[j])) {
+                least = Some(i);
+            }
+        }
+        if held < TOP_SLOTS {
+            self.slots.reserve_exact(1);
+            self.slots.push(Slot {
+                kind,
+                count: 1,
+                value: value.into(),
+            });
+        } else if let Some(i) = least {
+            let slot = &mut self.slots[i];
+            slot.value = value.into();
+            slot.count = slot.count.saturating_add(1);
+            self.approximate |= kind.bit();
+        }
+    }
+
+    fn sample(&mut self, event_time: i64, id: &str) {
+        let full = self.sample_event_ids.len() >= SAMPLE_EVENT_IDS;
+        // Most calls come after the earliest few: skip them before any work.
+        if full && self.sample_event_ids.last().is_some_and(|(t, _)| event_time > *t) {
+            return;
+        }
+        let id = SampleId::new(id);
+        let key = (event_time, id);
+        let position = match self.sample_event_ids.binary_search(&key) {
+            Ok(_) => return,
+            Err(position) => position,
+        };
+        if position >= SAMPLE_EVENT_IDS {
+            return;
+        }
+        if !full {
+            self.sample_event_ids.reserve_exact(1);
+        }
+        self.sample_event_ids.insert(position, key);
+        self.sample_event_ids.truncate(SAMPLE_EVENT_IDS);
+    }
+
+    /// Up to `n` values of `kind`, most frequent first, ties by value.
+    pub fn top(&self, kind: Kind, n: usize) -> Vec<Counted> {
+        let mut sorted: Vec<Counted> = self
+            .slots
+            .iter()
+            .filter(|slot| slot.kind == kind)
+            .map(|slot| Counted {
+                value: slot.value.clone(),
+                count: u64::from(slot.count),
+            })
+            .collect();
         sorted.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
         sorted.truncate(n);
         sorted
     }
 
+    /// Whether any of the top lists may over-count.
     pub fn is_approximate(&self) -> bool {
-        self.approximate
+        self.approximate != 0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+    /// Calls that carried an `errorCode`.
+    pub fn failed_calls(&self) -> u64 {
+        u64::from(self.failed_calls)
+    }
+
+    /// Event times of the earliest and latest call, `None` before the first.
+    pub fn first_event_time(&self) -> Option<i64> {
+        self.first_event_time
+    }
+
+    pub fn last_event_time(&self) -> Option<i64> {
+        self.last_event_time
+    }
+
+    /// The eventIDs of the earliest calls, by (eventTime, eventID).
+    pub fn sample_event_ids(&self) -> Vec<String> {
+        self.sample_event_ids.iter().map(|(_, id)| id.text()).collect()
     }
 }
 
@@ -108,88 +247,6 @@ fn clip(value: &str) -> &str {
         end -= 1;
     }
     &value[..end]
-}
-
-/// What one ARN's calls in one window were made of, beyond their count
-/// and names.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WindowContext {
-    pub source_ips: TopValues,
-    pub user_agents: TopValues,
-    pub regions: TopValues,
-    pub error_codes: TopValues,
-    /// Calls that carried an `errorCode`.
-    pub failed_calls: u64,
-    /// Event time of the earliest and latest call, `None` before the first.
-    pub first_event_time: Option<i64>,
-    pub last_event_time: Option<i64>,
-    /// The earliest calls' (eventTime, eventID), sorted.
-    pub sample_event_ids: Vec<(i64, Box<str>)>,
-}
-
-impl WindowContext {
-    /// Adds one counted call.
-    pub fn add(
-        &mut self,
-        event_time: i64,
-        event_id: Option<&str>,
-        call: &CallContext<'_>,
-    ) {
-        if let Some(ip) = &call.source_ip {
-            self.source_ips.add(ip);
-        }
-        if let Some(agent) = &call.user_agent {
-            self.user_agents.add(agent);
-        }
-        if let Some(region) = &call.region {
-            self.regions.add(region);
-        }
-        if let Some(code) = &call.error_code {
-            self.error_codes.add(code);
-            self.failed_calls += 1;
-        }
-        self.first_event_time = Some(
-            self.first_event_time
-                .map_or(event_time, |t| t.min(event_time)),
-        );
-        self.last_event_time = Some(
-            self.last_event_time
-                .map_or(event_time, |t| t.max(event_time)),
-        );
-        if let Some(id) = event_id {
-            self.sample(event_time, id);
-        }
-    }
-
-    fn sample(&mut self, event_time: i64, id: &str) {
-        let id = clip(id);
-        let position = self
-            .sample_event_ids
-            .partition_point(|(t, i)| (*t, &**i) < (event_time, id));
-        if position >= SAMPLE_EVENT_IDS
-            || self
-                .sample_event_ids
-                .get(position)
-                .is_some_and(|(t, i)| (*t, &**i) == (event_time, id))
-        {
-            return;
-        }
-        self.sample_event_ids
-            .insert(position, (event_time, id.into()));
-        self.sample_event_ids.truncate(SAMPLE_EVENT_IDS);
-    }
-
-    /// Whether any of the top lists may over-count.
-    pub fn is_approximate(&self) -> bool {
-        [
-            &self.source_ips,
-            &self.user_agents,
-            &self.regions,
-            &self.error_codes,
-        ]
-        .iter()
-        .any(|top| top.is_approximate())
-    }
 }
 
 /// The APIs an ARN has called before, with the number of windows it called
@@ -270,46 +327,51 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn top_of(values: &[&str]) -> TopValues {
-        let mut top = TopValues::default();
+    fn ips(values: &[&str]) -> WindowContext {
+        let mut context = WindowContext::default();
         for v in values {
-            top.add(v);
+            context.add_value(Kind::SourceIp, v);
         }
-        top
+        context
+    }
+
+    fn shown(context: &WindowContext, kind: Kind) -> Vec<(String, u64)> {
+        context
+            .top(kind, REPORTED_TOP)
+            .into_iter()
+            .map(|c| (c.value.into(), c.count))
+            .collect()
     }
 
     #[test]
-    fn few_values_are_counted_exactly() {
-        let top = top_of(&["b", "a", "b", "c", "b", "a"]);
-        let shown: Vec<(String, u64)> = top
-            .top(5)
-            .into_iter()
-            .map(|c| (c.value.into(), c.count))
-            .collect();
+    fn few_values_are_counted_exactly_and_kinds_apart() {
+        let mut context = ips(&["b", "a", "b", "c", "b", "a"]);
+        context.add_value(Kind::Region, "b");
         let expected = [("b", 3), ("a", 2), ("c", 1)].map(|(v, c)| (v.to_string(), c));
-        assert_eq!(shown, expected);
-        assert!(!top.is_approximate());
+        assert_eq!(shown(&context, Kind::SourceIp), expected);
+        assert_eq!(shown(&context, Kind::Region), [("b".to_string(), 1)]);
+        assert!(!context.is_approximate());
     }
 
     #[test]
     fn a_long_tail_neither_grows_the_summary_nor_hides_the_heavy_hitter() {
-        let mut top = TopValues::default();
+        let mut context = WindowContext::default();
         for i in 0..10_000 {
-            top.add("198.51.100.7");
-            top.add(&format!("203.0.113.{i}"));
+            context.add_value(Kind::SourceIp, "198.51.100.7");
+            context.add_value(Kind::SourceIp, &format!("203.0.113.{i}"));
         }
-        assert!(top.slots.len() <= TOP_SLOTS);
-        let first = &top.top(1)[0];
+        assert!(context.slots.len() <= TOP_SLOTS);
+        let first = &context.top(Kind::SourceIp, 1)[0];
         assert_eq!(&*first.value, "198.51.100.7");
         assert!(first.count >= 10_000);
-        assert!(top.is_approximate());
+        assert!(context.is_approximate());
     }
 
     #[test]
     fn long_values_are_clipped_at_a_char_boundary() {
         let agent = "é".repeat(MAX_VALUE_BYTES);
-        let top = top_of(&[&agent]);
-        let kept = &top.top(1)[0].value;
+        let context = ips(&[&agent]);
+        let kept = &context.top(Kind::SourceIp, 1)[0].value;
         assert!(kept.len() <= MAX_VALUE_BYTES);
         assert!(agent.starts_with(&**kept));
     }
@@ -329,12 +391,25 @@ mod tests {
             backward.add(*t, Some(id), &call);
         }
         assert_eq!(forward.sample_event_ids, backward.sample_event_ids);
-        assert_eq!(forward.sample_event_ids.len(), SAMPLE_EVENT_IDS);
-        assert_eq!(forward.sample_event_ids[0], (100, "id-00".into()));
+        let sample = forward.sample_event_ids();
+        assert_eq!(sample.len(), SAMPLE_EVENT_IDS);
+        assert_eq!(sample[0], "id-00");
         assert_eq!(
-            (forward.first_event_time, forward.last_event_time),
+            (forward.first_event_time(), forward.last_event_time()),
             (Some(100), Some(106))
         );
+    }
+
+    #[test]
+    fn uuid_event_ids_are_kept_as_bytes_and_given_back_as_written() {
+        let mut context = WindowContext::default();
+        let uuid = "3d9a2a4e-6f0b-4c1e-9f7a-6b2d8e0c5a31";
+        let upper = "3D9A2A4E-6F0B-4C1E-9F7A-6B2D8E0C5A31";
+        context.add(1, Some(uuid), &CallContext::default());
+        context.add(2, Some(upper), &CallContext::default());
+        assert!(matches!(context.sample_event_ids[0].1, SampleId::Uuid(_)));
+        assert!(matches!(context.sample_event_ids[1].1, SampleId::Text(_)));
+        assert_eq!(context.sample_event_ids(), [uuid, upper]);
     }
 
     #[test]
@@ -360,29 +435,30 @@ mod tests {
         /// that smallest count.
         #[test]
         fn top_values_keep_the_space_saving_bounds(values in prop::collection::vec(0u8..40, 0..400)) {
-            let mut top = TopValues::default();
+            let mut context = WindowContext::default();
             let mut exact: BTreeMap<String, u64> = BTreeMap::new();
             for v in &values {
                 let v = format!("v{v}");
-                top.add(&v);
+                context.add_value(Kind::UserAgent, &v);
                 *exact.entry(v).or_default() += 1;
             }
-            prop_assert!(top.slots.len() <= TOP_SLOTS);
-            let least = top.slots.iter().map(|s| s.count).min().unwrap_or(0);
-            for slot in &top.slots {
+            let held = context.top(Kind::UserAgent, usize::MAX);
+            prop_assert!(held.len() <= TOP_SLOTS);
+            let least = held.iter().map(|s| s.count).min().unwrap_or(0);
+            for slot in &held {
                 let truth = exact[&*slot.value];
                 prop_assert!(slot.count >= truth);
                 prop_assert!(slot.count - truth <= least);
             }
-            if top.slots.len() == TOP_SLOTS {
+            if held.len() == TOP_SLOTS {
                 for (value, &count) in &exact {
                     if count > least {
-                        prop_assert!(top.slots.iter().any(|s| &*s.value == value));
+                        prop_assert!(held.iter().any(|s| &*s.value == value));
                     }
                 }
             } else {
-                prop_assert!(!top.is_approximate());
-                prop_assert_eq!(top.slots.len(), exact.len());
+                prop_assert!(!context.is_approximate());
+                prop_assert_eq!(held.len(), exact.len());
             }
         }
     }

@@ -61,7 +61,9 @@ impl WindowSpec {
 pub struct ArnWindow {
     pub count: u64,
     pub event_names: FastMap<Box<str>, u64>,
-    pub context: WindowContext,
+    /// Boxed: the map of open windows holds entries inline, with spare
+    /// capacity, so a large inline context would cost more than itself.
+    pub context: Box<WindowContext>,
     /// Only filled when `dedupe_event_id` is on.
     pub event_ids: FastSet<Box<str>>,
     /// Changed since the last checkpoint.
