@@ -87,7 +87,7 @@ impl Detector {
         let mut verdicts = Verdicts::default();
         for arn in arns {
             let activity = &window.arns[arn];
-            let previous = changes.baseline(arn)?;
+            let (previous, mut known) = changes.baseline_with_apis(arn)?;
             if previous.is_some_and(|b| b.last_window_start >= window.start) {
                 verdicts.already_applied += 1;
                 continue;
@@ -98,7 +98,6 @@ impl Detector {
                 window.start,
                 self.smoothing,
             );
-            let mut known = changes.known_apis(arn)?;
             let (thresholds, override_rule) =
                 self.tuning.overrides.for_arn(arn, self.thresholds);
             if thresholds.is_spike(&updated) {

@@ -12,7 +12,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::alert::{Alert, SuppressedBy};
+use crate::alert::{Alert, Status, SuppressedBy};
 use crate::parse::{RejectReason, SkipReason};
 use crate::window::SpillCounts;
 
@@ -290,19 +290,31 @@ impl Metrics {
         self.alerts_produced.inc();
     }
 
-    /// A window closed as a spike and its alert is queued.
+    /// A window closed as a spike (or ended an incident) and its alert is
+    /// queued.
     pub fn spike_detected(&self, alert: &Alert) {
-        tracing::info!(
-            alert_id = %alert.alert_id,
-            incident_id = %alert.incident_id,
-            status = ?alert.status,
-            user = %alert.user,
-            window_start = %alert.window_start,
-            calls = alert.number_of_api_calls,
-            threshold = alert.threshold,
-            z_score = alert.z_score,
-            "spike alert"
-        );
+        match alert.status {
+            Status::New | Status::Ongoing => tracing::info!(
+                alert_id = %alert.alert_id,
+                incident_id = %alert.incident_id,
+                status = ?alert.status,
+                user = %alert.user,
+                window_start = %alert.window_start,
+                calls = alert.number_of_api_calls,
+                threshold = alert.threshold,
+                z_score = alert.z_score,
+                "spike alert"
+            ),
+            Status::Resolved => tracing::info!(
+                alert_id = %alert.alert_id,
+                incident_id = %alert.incident_id,
+                user = %alert.user,
+                window_start = %alert.window_start,
+                calls = alert.number_of_api_calls,
+                spike_windows = alert.incident_spike_windows,
+                "incident resolved"
+            ),
+        }
     }
 
     pub fn alert_suppressed(&self, alert: &Alert, by: SuppressedBy) {

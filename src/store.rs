@@ -8,10 +8,9 @@
 //!
 //! | kind | key | value |
 //! |---|---|---|
-//! | `b` | ARN | [`Baseline`] |
+//! | `b` | ARN | [`Baseline`], then [`KnownApis`]: the APIs it has called |
 //! | `w` | window start (order-preserving) + ARN | [`ArnWindow`] |
 //! | `s` | source id (order-preserving) | [`SourceProgress`] |
-//! | `a` | ARN | [`KnownApis`]: the APIs it has called |
 //! | `i` | ARN | [`Incident`]: its open incident |
 //! | `o` | sequence number | alert JSON |
 //! | `m` | name | metadata such as the watermark and the format |
@@ -40,13 +39,13 @@ const BASELINE: u8 = b'b';
 const WINDOW: u8 = b'w';
 const SOURCE: u8 = b's';
 const OUTBOX: u8 = b'o';
-const KNOWN_APIS: u8 = b'a';
 const INCIDENT: u8 = b'i';
 const WATERMARK_KEY: &[u8] = b"mwatermark";
 const BASELINE_COUNT_KEY: &[u8] = b"mbaseline_count";
 const FORMAT_KEY: &[u8] = b"mformat";
 /// Version of the value layouts. 1 (no key) held open windows without
-/// per-name counts or context; they are converted when the store opens.
+/// per-name counts or context, and baselines without known APIs; both are
+/// converted when the store opens.
 const FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +188,28 @@ impl StateStore {
         if found == FORMAT {
             return Ok(());
         }
+        // In batches, as an import: sled's memory for one batch of a
+        // million baselines runs to gigabytes. Converting again after a
+        // crash half-way is harmless: a format 2 baseline read as format 1
+        // has no known APIs yet either.
         let mut batch = sled::Batch::default();
-        for entry in self.tree.scan_prefix([WINDOW]) {
+        let mut in_batch = 0;
+        for entry in self
+            .tree
+            .scan_prefix([WINDOW])
+            .chain(self.tree.scan_prefix([BASELINE]))
+        {
             let (k, v) = entry?;
-            let old: WindowFormat1 = decode(&v, &k)?;
-            batch.insert(k, encode(&old.upgrade()));
+            let upgraded = match k.first() {
+                Some(&WINDOW) => encode(&decode::<WindowFormat1>(&v, &k)?.upgrade()),
+                _ => encode_baseline(&decode_baseline(&v, &k)?, &KnownApis::default()),
+            };
+            batch.insert(k, upgraded);
+            in_batch += 1;
+            if in_batch == IMPORT_BATCH_ROWS {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
         }
         batch.insert(FORMAT_KEY, encode(&FORMAT));
         self.tree.apply_batch(batch)?;
@@ -209,7 +225,7 @@ impl StateStore {
     pub fn baseline(&self, arn: &str) -> Result<Option<Baseline>, StoreError> {
         self.tree
             .get(key(BASELINE, arn.as_bytes()))?
-            .map(|bytes| decode(&bytes, arn.as_bytes()))
+            .map(|bytes| decode_baseline(&bytes, arn.as_bytes()))
             .transpose()
     }
 
@@ -220,18 +236,32 @@ impl StateStore {
         self.tree.scan_prefix([BASELINE]).map(|entry| {
             let (k, v) = entry?;
             let arn = String::from_utf8_lossy(&k[1..]).into_owned();
-            Ok((arn, decode(&v, &k)?))
+            Ok((arn, decode_baseline(&v, &k)?))
         })
     }
 
     /// The APIs `arn` has called, as far as remembered.
+    /// `arn`'s baseline and known APIs, read at once.
+    pub fn baseline_with_apis(
+        &self,
+        arn: &str,
+    ) -> Result<(Option<Baseline>, KnownApis), StoreError> {
+        let key = key(BASELINE, arn.as_bytes());
+        match self.tree.get(&key)? {
+            Some(bytes) => Ok((
+                Some(decode_baseline(&bytes, &key)?),
+                decode_known_apis(&bytes, &key)?,
+            )),
+            None => Ok((None, KnownApis::default())),
+        }
+    }
+
     pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
-        let key = key(KNOWN_APIS, arn.as_bytes());
-        self.tree
-            .get(&key)?
-            .map(|bytes| decode(&bytes, &key))
-            .transpose()
-            .map(Option::unwrap_or_default)
+        let key = key(BASELINE, arn.as_bytes());
+        match self.tree.get(&key)? {
+            Some(bytes) => decode_known_apis(&bytes, &key),
+            None => Ok(KnownApis::default()),
+        }
     }
 
     /// `arn`'s open incident.
@@ -374,7 +404,8 @@ impl StateStore {
     }
 
     /// Reads baselines from CSV with the Splunk lookup's columns, in any
-    /// order, replacing the stored baseline of each ARN in the file.
+    /// order, replacing the stored baseline of each ARN in the file (the
+    /// APIs it is known to call, which the CSV does not carry, are kept).
     /// `last_window_start` is set to `now_unix`, because the lookup does not
     /// record when an ARN was last active.
     pub fn import_csv(
@@ -404,7 +435,11 @@ impl StateStore {
             let (arn, baseline) = columns
                 .parse(&record, now_unix)
                 .map_err(|message| StoreError::Csv { line, message })?;
-            entries.push((key(BASELINE, arn.as_bytes()), encode(&baseline)));
+            let known = self.known_apis(&arn)?;
+            entries.push((
+                key(BASELINE, arn.as_bytes()),
+                encode_baseline(&baseline, &known),
+            ));
         }
         let rows = entries.len() as u64;
         for chunk in entries.chunks(IMPORT_BATCH_ROWS) {
@@ -519,6 +554,22 @@ impl Changes<'_> {
         self.baselines.insert(arn.into(), baseline);
     }
 
+    /// `arn`'s baseline and known APIs as of this batch.
+    pub fn baseline_with_apis(
+        &self,
+        arn: &str,
+    ) -> Result<(Option<Baseline>, KnownApis), StoreError> {
+        match (self.baselines.get(arn), self.known_apis.get(arn)) {
+            (Some(baseline), Some(known)) => Ok((Some(*baseline), known.clone())),
+            _ => {
+                let (baseline, known) = self.store.baseline_with_apis(arn)?;
+                let baseline = self.baselines.get(arn).copied().or(baseline);
+                let known = self.known_apis.get(arn).cloned().unwrap_or(known);
+                Ok((baseline, known))
+            }
+        }
+    }
+
     pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
         match self.known_apis.get(arn) {
             Some(known) => Ok(known.clone()),
@@ -592,7 +643,7 @@ impl Changes<'_> {
     fn forget_arn(&mut self, arn: &str) {
         self.known_apis.remove(arn);
         self.incidents.remove(arn);
-        for kind in [BASELINE, KNOWN_APIS, INCIDENT] {
+        for kind in [BASELINE, INCIDENT] {
             self.batch.remove(key(kind, arn.as_bytes()));
         }
     }
@@ -643,13 +694,29 @@ impl Changes<'_> {
             self.batch.insert(outbox_key(seq), encode(&entry));
             queued.push((seq, entry));
         }
+        // A baseline and its known APIs are one value: one read and one
+        // write per ARN and window. Both are set together when a window
+        // closes; one set alone keeps the stored other.
         for (arn, baseline) in &self.baselines {
-            self.batch
-                .insert(key(BASELINE, arn.as_bytes()), encode(baseline));
+            let known = match self.known_apis.get(arn) {
+                Some(known) => known.clone(),
+                None => self.store.known_apis(arn)?,
+            };
+            self.batch.insert(
+                key(BASELINE, arn.as_bytes()),
+                encode_baseline(baseline, &known),
+            );
         }
         for (arn, known) in &self.known_apis {
-            self.batch
-                .insert(key(KNOWN_APIS, arn.as_bytes()), encode(known));
+            if self.baselines.contains_key(arn) {
+                continue;
+            }
+            if let Some(baseline) = self.store.baseline(arn)? {
+                self.batch.insert(
+                    key(BASELINE, arn.as_bytes()),
+                    encode_baseline(&baseline, known),
+                );
+            }
         }
         for (arn, incident) in &self.incidents {
             let key = key(INCIDENT, arn.as_bytes());
@@ -739,6 +806,33 @@ fn outbox_key(seq: u64) -> Vec<u8> {
     key(OUTBOX, &seq.to_be_bytes())
 }
 
+fn encode_baseline(baseline: &Baseline, known: &KnownApis) -> Vec<u8> {
+    let mut bytes = encode(baseline);
+    bytes.extend_from_slice(&encode(known));
+    bytes
+}
+
+/// The baseline at the start of a `b` value, without decoding the known
+/// APIs after it (format 1 values end there).
+fn decode_baseline(bytes: &[u8], key: &[u8]) -> Result<Baseline, StoreError> {
+    postcard::take_from_bytes(bytes)
+        .map(|(baseline, _)| baseline)
+        .map_err(|source| corrupt(key, source))
+}
+
+fn decode_known_apis(bytes: &[u8], key: &[u8]) -> Result<KnownApis, StoreError> {
+    let (_, rest) = postcard::take_from_bytes::<Baseline>(bytes)
+        .map_err(|source| corrupt(key, source))?;
+    decode(rest, key)
+}
+
+fn corrupt(key: &[u8], source: postcard::Error) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our own plain types always serialize.
     postcard::to_stdvec(value).unwrap_or_default()
@@ -748,10 +842,7 @@ fn decode<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     key: &[u8],
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        source,
-    })
+    postcard::from_bytes(bytes).map_err(|source| corrupt(key, source))
 }
 
 #[cfg(test)]
@@ -767,6 +858,59 @@ mod tests {
             last_window_start: 0,
             last_alert_window_start: None,
         }
+    }
+
+    #[test]
+    fn values_of_format_1_are_upgraded_when_the_store_opens() {
+        #[derive(Serialize)]
+        struct Format1 {
+            count: u64,
+            event_names: Vec<&'static str>,
+            event_ids: Vec<&'static str>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("state").unwrap();
+            let old = Format1 {
+                count: 7,
+                event_names: vec!["GetObject", "ListBuckets"],
+                event_ids: vec!["id-1"],
+            };
+            tree.insert(window_key(3600, "arn:a"), encode(&old))
+                .unwrap();
+            tree.insert(key(BASELINE, b"arn:a"), encode(&baseline(4)))
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.baseline("arn:a").unwrap(), Some(baseline(4)));
+        assert!(store.known_apis("arn:a").unwrap().is_empty());
+        let windows = store.open_windows().unwrap();
+        assert_eq!(windows.len(), 1);
+        let (start, arn, window) = &windows[0];
+        assert_eq!((*start, &**arn, window.count), (3600, "arn:a", 7));
+        assert_eq!(window.event_names.len(), 2);
+        assert!(window.event_ids.contains("id-1"));
+        drop(store);
+        // Upgraded once: reopening reads format 2 as it is.
+        let again = StateStore::open(dir.path()).unwrap();
+        assert_eq!(again.open_windows().unwrap()[0].2, windows[0].2);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_trailspike_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            store
+                .tree
+                .insert(FORMAT_KEY, encode(&(FORMAT + 1)))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let error = StateStore::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("newer trailspike"), "{error}");
     }
 
     #[test]

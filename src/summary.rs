@@ -77,14 +77,18 @@ enum SampleId {
 impl SampleId {
     fn new(id: &str) -> SampleId {
         match uuid::Uuid::try_parse(id) {
-            Ok(uuid) if uuid.hyphenated().to_string() == id => SampleId::Uuid(*uuid.as_bytes()),
+            Ok(uuid) if uuid.hyphenated().to_string() == id => {
+                SampleId::Uuid(*uuid.as_bytes())
+            }
             _ => SampleId::Text(clip(id).into()),
         }
     }
 
     fn text(&self) -> String {
         match self {
-            SampleId::Uuid(bytes) => uuid::Uuid::from_bytes(*bytes).hyphenated().to_string(),
+            SampleId::Uuid(bytes) => {
+                uuid::Uuid::from_bytes(*bytes).hyphenated().to_string()
+            }
             SampleId::Text(text) => text.to_string(),
         }
     }
@@ -114,7 +118,12 @@ pub struct WindowContext {
 
 impl WindowContext {
     /// Adds one counted call.
-    pub fn add(&mut self, event_time: i64, event_id: Option<&str>, call: &CallContext<'_>) {
+    pub fn add(
+        &mut self,
+        event_time: i64,
+        event_id: Option<&str>,
+        call: &CallContext<'_>,
+    ) {
         let values = [
             (Kind::SourceIp, &call.source_ip),
             (Kind::UserAgent, &call.user_agent),
@@ -129,8 +138,14 @@ impl WindowContext {
         if call.error_code.is_some() {
             self.failed_calls = self.failed_calls.saturating_add(1);
         }
-        self.first_event_time = Some(self.first_event_time.map_or(event_time, |t| t.min(event_time)));
-        self.last_event_time = Some(self.last_event_time.map_or(event_time, |t| t.max(event_time)));
+        self.first_event_time = Some(
+            self.first_event_time
+                .map_or(event_time, |t| t.min(event_time)),
+        );
+        self.last_event_time = Some(
+            self.last_event_time
+                .map_or(event_time, |t| t.max(event_time)),
+        );
         if let Some(id) = event_id {
             self.sample(event_time, id);
         }
@@ -177,7 +192,12 @@ impl WindowContext {
     fn sample(&mut self, event_time: i64, id: &str) {
         let full = self.sample_event_ids.len() >= SAMPLE_EVENT_IDS;
         // Most calls come after the earliest few: skip them before any work.
-        if full && self.sample_event_ids.last().is_some_and(|(t, _)| event_time > *t) {
+        if full
+            && self
+                .sample_event_ids
+                .last()
+                .is_some_and(|(t, _)| event_time > *t)
+        {
             return;
         }
         let id = SampleId::new(id);
@@ -233,7 +253,10 @@ impl WindowContext {
 
     /// The eventIDs of the earliest calls, by (eventTime, eventID).
     pub fn sample_event_ids(&self) -> Vec<String> {
-        self.sample_event_ids.iter().map(|(_, id)| id.text()).collect()
+        self.sample_event_ids
+            .iter()
+            .map(|(_, id)| id.text())
+            .collect()
     }
 }
 
