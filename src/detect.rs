@@ -14,6 +14,7 @@
 use crate::alert::{Alert, Incident, SpikeFacts, Status, SuppressedBy};
 use crate::baseline::{self, Baseline, Smoothing};
 use crate::store::{Changes, StoreError};
+use crate::summary::KnownApis;
 use crate::tuning::Tuning;
 use crate::window::{ArnWindow, ClosedWindow};
 
@@ -81,9 +82,11 @@ impl Detector {
     ) -> Result<Verdicts, StoreError> {
         let mut arns: Vec<&str> = window.arns.keys().map(AsRef::as_ref).collect();
         arns.sort_unstable();
-        let stale = self.tuning.max_alert_age_secs > 0
-            && window.end < now_unix.saturating_sub(self.tuning.max_alert_age_secs);
-        let previous_start = window.start - (window.end - window.start);
+        let closing = Closing {
+            window,
+            stale: self.tuning.max_alert_age_secs > 0
+                && window.end < now_unix.saturating_sub(self.tuning.max_alert_age_secs),
+        };
         let mut verdicts = Verdicts::default();
         for arn in arns {
             let activity = &window.arns[arn];
@@ -101,78 +104,14 @@ impl Detector {
             let (thresholds, override_rule) =
                 self.tuning.overrides.for_arn(arn, self.thresholds);
             if thresholds.is_spike(&updated) {
-                let facts = |status, incident| SpikeFacts {
+                let judged = Judged {
                     arn,
-                    window_start: window.start,
-                    window_end: window.end,
-                    window: activity,
-                    baseline: &updated,
+                    activity,
                     thresholds,
                     override_rule,
-                    event_name_cap: self.event_name_cap,
-                    status,
-                    incident,
                     known: &known,
                 };
-                let rule =
-                    self.tuning
-                        .suppression
-                        .matching_rule(arn, window.start, activity);
-                let open = changes.incident(arn)?;
-                match rule {
-                    // A suppressed ARN is not in an incident: an open one
-                    // resolves below, as if this window had no spike.
-                    Some(rule) => {
-                        let alert = Alert::new(&facts(
-                            Status::New,
-                            &Incident::open(window.start),
-                        ));
-                        verdicts.suppressed.push((alert, SuppressedBy::Rule(rule)));
-                    }
-                    None => {
-                        let mut incident = match open {
-                            Some(incident)
-                                if incident.last_spike_window_start == previous_start =>
-                            {
-                                incident
-                            }
-                            ended => {
-                                if let Some(ended) = ended {
-                                    self.resolve(
-                                        arn,
-                                        &ended,
-                                        window,
-                                        changes,
-                                        stale,
-                                        &mut verdicts,
-                                    )?;
-                                }
-                                Incident::open(window.start)
-                            }
-                        };
-                        incident.add_spike(window.start, activity.count);
-                        let status = if incident.announced {
-                            Status::Ongoing
-                        } else {
-                            Status::New
-                        };
-                        let alert = Alert::new(&facts(status, &incident));
-                        let throttled = self.tuning.throttle_secs > 0
-                            && updated.last_alert_window_start.is_some_and(|last| {
-                                window.start - last < self.tuning.throttle_secs
-                            });
-                        if throttled {
-                            verdicts.suppressed.push((alert, SuppressedBy::Throttle));
-                        } else if stale {
-                            verdicts.suppressed.push((alert, SuppressedBy::Stale));
-                        } else {
-                            incident.announced = true;
-                            updated.last_alert_window_start = Some(window.start);
-                            verdicts.alerts.push(alert);
-                        }
-                        changes.set_incident(arn, Some(incident));
-                    }
-                }
+                self.spike(&judged, &closing, &mut updated, changes, &mut verdicts)?;
             }
             known.record_window(activity.event_names.keys().map(AsRef::as_ref));
             changes.set_known_apis(arn, known);
@@ -180,55 +119,159 @@ impl Detector {
         }
         for (arn, incident) in changes.open_incidents()? {
             if incident.last_spike_window_start < window.start {
-                self.resolve(&arn, &incident, window, changes, stale, &mut verdicts)?;
+                self.resolve(&arn, &incident, &closing, changes, &mut verdicts)?;
             }
         }
         Ok(verdicts)
     }
 
-    /// Closes `arn`'s `incident` in `window`, the first without its spike,
-    /// producing the resolution if the incident was announced and
-    /// resolutions are on.
+    /// Decides what `judged`'s spike yields: suppressed by a rule (and in
+    /// no incident), or part of an incident, produced unless throttled or
+    /// stale. `updated` records the alert for throttling.
+    fn spike(
+        &self,
+        judged: &Judged<'_>,
+        closing: &Closing<'_>,
+        updated: &mut Baseline,
+        changes: &mut Changes<'_>,
+        verdicts: &mut Verdicts,
+    ) -> Result<(), StoreError> {
+        let window = closing.window;
+        let arn = judged.arn;
+        let suppressing_rule =
+            self.tuning
+                .suppression
+                .matching_rule(arn, window.start, judged.activity);
+        if let Some(rule) = suppressing_rule {
+            // An open incident resolves at the end of the close, as if this
+            // window had no spike.
+            let alert = judged.alert(
+                window,
+                updated,
+                Status::New,
+                &Incident::open(window.start),
+                self.event_name_cap,
+            );
+            verdicts.suppressed.push((alert, SuppressedBy::Rule(rule)));
+            return Ok(());
+        }
+        let previous_start = window.start - (window.end - window.start);
+        let mut incident = match changes.incident(arn)? {
+            Some(open) if open.last_spike_window_start == previous_start => open,
+            ended => {
+                if let Some(ended) = ended {
+                    self.resolve(arn, &ended, closing, changes, verdicts)?;
+                }
+                Incident::open(window.start)
+            }
+        };
+        incident.add_spike(window.start, judged.activity.count);
+        let status = if incident.announced {
+            Status::Ongoing
+        } else {
+            Status::New
+        };
+        let alert = judged.alert(window, updated, status, &incident, self.event_name_cap);
+        let throttled = self.tuning.throttle_secs > 0
+            && updated
+                .last_alert_window_start
+                .is_some_and(|last| window.start - last < self.tuning.throttle_secs);
+        if throttled {
+            verdicts.suppressed.push((alert, SuppressedBy::Throttle));
+        } else if closing.stale {
+            verdicts.suppressed.push((alert, SuppressedBy::Stale));
+        } else {
+            incident.announced = true;
+            updated.last_alert_window_start = Some(window.start);
+            verdicts.alerts.push(alert);
+        }
+        changes.set_incident(arn, Some(incident));
+        Ok(())
+    }
+
+    /// Closes `arn`'s `incident` in the closing window, the first without
+    /// its spike, producing the resolution if the incident was announced
+    /// and resolutions are on. Its explanation is of that window (empty if
+    /// the ARN made no call in it).
     fn resolve(
         &self,
         arn: &str,
         incident: &Incident,
-        window: &ClosedWindow,
+        closing: &Closing<'_>,
         changes: &mut Changes<'_>,
-        stale: bool,
         verdicts: &mut Verdicts,
     ) -> Result<(), StoreError> {
+        let window = closing.window;
         changes.set_incident(arn, None);
-        let Some(baseline) = changes.baseline(arn)? else {
-            return Ok(());
-        };
         if !(self.resolve_incidents && incident.announced) {
             return Ok(());
         }
+        let (Some(baseline), known) = changes.baseline_with_apis(arn)? else {
+            return Ok(());
+        };
         let quiet = ArnWindow::default();
-        let activity = window.arns.get(arn).unwrap_or(&quiet);
-        let known = changes.known_apis(arn)?;
         let (thresholds, override_rule) =
             self.tuning.overrides.for_arn(arn, self.thresholds);
-        let alert = Alert::new(&SpikeFacts {
+        let judged = Judged {
             arn,
-            window_start: window.start,
-            window_end: window.end,
-            window: activity,
-            baseline: &baseline,
+            activity: window.arns.get(arn).unwrap_or(&quiet),
             thresholds,
             override_rule,
-            event_name_cap: self.event_name_cap,
-            status: Status::Resolved,
-            incident,
             known: &known,
-        });
-        if stale {
+        };
+        let alert = judged.alert(
+            window,
+            &baseline,
+            Status::Resolved,
+            incident,
+            self.event_name_cap,
+        );
+        if closing.stale {
             verdicts.suppressed.push((alert, SuppressedBy::Stale));
         } else {
             verdicts.alerts.push(alert);
         }
         Ok(())
+    }
+}
+
+/// The window being closed, and whether it is too old to alert for.
+struct Closing<'w> {
+    window: &'w ClosedWindow,
+    stale: bool,
+}
+
+/// An ARN whose window is a spike, and what it was judged by.
+struct Judged<'a> {
+    arn: &'a str,
+    activity: &'a ArnWindow,
+    thresholds: Thresholds,
+    override_rule: Option<usize>,
+    known: &'a KnownApis,
+}
+
+impl Judged<'_> {
+    fn alert(
+        &self,
+        window: &ClosedWindow,
+        baseline: &Baseline,
+        status: Status,
+        incident: &Incident,
+        event_name_cap: usize,
+    ) -> Alert {
+        Alert::new(&SpikeFacts {
+            arn: self.arn,
+            window_start: window.start,
+            window_end: window.end,
+            window: self.activity,
+            baseline,
+            thresholds: self.thresholds,
+            override_rule: self.override_rule,
+            event_name_cap,
+            status,
+            incident,
+            known: self.known,
+        })
     }
 }
 
