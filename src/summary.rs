@@ -177,7 +177,8 @@ impl WindowContext {
         if held < TOP_SLOTS {
             // Room for the usual one value of each kind at once, then one
             // slot at a time: most entries hold four values, few hold forty.
-            self.slots.reserve_exact(if self.slots.is_empty() { 4 } else { 1 });
+            self.slots
+                .reserve_exact(if self.slots.is_empty() { 4 } else { 1 });
             self.slots.push(Slot {
                 kind,
                 count: 1,
