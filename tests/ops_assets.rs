@@ -236,7 +236,7 @@ fn dashboard_shows_throughput_lag_bad_input_detection_state_and_process() {
     );
 }
 
-const ALERTS: [&str; 8] = [
+const ALERTS: [&str; 9] = [
     "TrailspikeDown",
     "TrailspikeNotReady",
     "TrailspikeConsumerLagGrowing",
@@ -244,6 +244,7 @@ const ALERTS: [&str; 8] = [
     "TrailspikeDeadLetterRate",
     "TrailspikeWatermarkStalled",
     "TrailspikeCheckpointsDeferred",
+    "TrailspikeTuningReloadRefused",
     "TrailspikeSpikeDetected",
 ];
 
