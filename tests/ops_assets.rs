@@ -561,6 +561,16 @@ fn replayed_alerts_match_the_schema() {
         .filter(|a| a.contains(r#""eventNameTruncated":true"#))
         .count();
     assert!(truncated > 0, "a capped eventName list is covered too");
+    let with_incidents = alerts.len();
+    alerts.extend(replayed_alerts(&[(
+        "TRAILSPIKE_ALERTS__RESOLVE_INCIDENTS",
+        "true",
+    )]));
+    let resolved = alerts[with_incidents..]
+        .iter()
+        .filter(|a| a.contains(r#""status":"resolved""#))
+        .count();
+    assert!(resolved > 0, "resolutions are covered too");
     for alert in &alerts {
         let value: Value = serde_json::from_str(alert).expect("alert is JSON");
         let keys: BTreeSet<&str> = value
@@ -580,10 +590,16 @@ fn replayed_alerts_match_the_schema() {
 
 #[test]
 fn ocsf_findings_match_their_schema() {
-    let findings = replayed_alerts(&[("TRAILSPIKE_ALERTS__FORMAT", "ocsf")]);
+    let incidents = ("TRAILSPIKE_ALERTS__RESOLVE_INCIDENTS", "true");
+    let findings = replayed_alerts(&[("TRAILSPIKE_ALERTS__FORMAT", "ocsf"), incidents]);
     assert!(!findings.is_empty(), "the generated data has spikes");
-    let native = replayed_alerts(&[]);
+    let native = replayed_alerts(&[incidents]);
     assert_eq!(findings.len(), native.len(), "one finding per native alert");
+    let closed = findings
+        .iter()
+        .filter(|f| f.contains(r#""activity_id":3"#))
+        .count();
+    assert!(closed > 0, "closed findings are covered too");
     let verdicts =
         validate_against("schemas/ocsf-detection-finding.schema.json", &findings);
     assert_eq!(verdicts.len(), findings.len());
@@ -593,9 +609,10 @@ fn ocsf_findings_match_their_schema() {
     let first: Value = serde_json::from_str(&findings[0]).expect("JSON");
     let alert: Value = serde_json::from_str(&native[0]).expect("JSON");
     assert_eq!(
-        first["finding_info"]["uid"], alert["alertId"],
-        "same id in both formats"
+        first["finding_info"]["uid"], alert["incidentId"],
+        "same incident id in both formats"
     );
+    assert_eq!(first["metadata"]["uid"], alert["alertId"]);
     assert_eq!(first["class_uid"], 2004);
 }
 
