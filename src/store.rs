@@ -22,7 +22,7 @@
 //! to files in a `spill-*` directory beside the store ([`crate::spill`]):
 //! scratch space, not state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,7 @@ use crate::alert::Incident;
 use crate::baseline::Baseline;
 use crate::spill::Spill;
 use crate::summary::KnownApis;
-use crate::window::{ArnWindow, FastSet, SourceId};
+use crate::window::{ArnWindow, FastMap, FastSet, SourceId};
 
 const BASELINE: u8 = b'b';
 const WINDOW: u8 = b'w';
@@ -356,9 +356,9 @@ impl StateStore {
     pub fn changes(&self) -> Changes<'_> {
         Changes {
             store: self,
-            baselines: HashMap::new(),
-            known_apis: HashMap::new(),
-            incidents: HashMap::new(),
+            baselines: FastMap::default(),
+            known_apis: FastMap::default(),
+            incidents: FastMap::default(),
             batch: sled::Batch::default(),
             new_alerts: Vec::new(),
             new_baselines: 0,
@@ -530,10 +530,10 @@ impl CsvColumns {
 /// correctly.
 pub struct Changes<'s> {
     store: &'s StateStore,
-    baselines: HashMap<Box<str>, Baseline>,
-    known_apis: HashMap<Box<str>, KnownApis>,
+    baselines: FastMap<Box<str>, Baseline>,
+    known_apis: FastMap<Box<str>, KnownApis>,
     /// `None` for an incident closed in this batch.
-    incidents: HashMap<Box<str>, Option<Incident>>,
+    incidents: FastMap<Box<str>, Option<Incident>>,
     batch: sled::Batch,
     new_alerts: Vec<OutboxEntry>,
     new_baselines: u64,
@@ -698,14 +698,11 @@ impl Changes<'_> {
         // write per ARN and window. Both are set together when a window
         // closes; one set alone keeps the stored other.
         for (arn, baseline) in &self.baselines {
-            let known = match self.known_apis.get(arn) {
-                Some(known) => known.clone(),
-                None => self.store.known_apis(arn)?,
+            let value = match self.known_apis.get(arn) {
+                Some(known) => encode_baseline(baseline, known),
+                None => encode_baseline(baseline, &self.store.known_apis(arn)?),
             };
-            self.batch.insert(
-                key(BASELINE, arn.as_bytes()),
-                encode_baseline(baseline, &known),
-            );
+            self.batch.insert(key(BASELINE, arn.as_bytes()), value);
         }
         for (arn, known) in &self.known_apis {
             if self.baselines.contains_key(arn) {
