@@ -22,7 +22,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientConfig;
 use rdkafka::Offset;
 
-use crate::alert::Alert;
+use crate::alert::{Alert, Status};
 use crate::config::Config;
 use crate::generate::{self, GenerateArgs};
 use crate::kafka::pipeline::{self, Health, RunOptions};
@@ -245,22 +245,56 @@ fn print_alerts(config: &Config, done: &AtomicBool) -> anyhow::Result<u64> {
     }
 }
 
-/// An alert as a person reads it.
+/// An alert as a person reads it: what happened, how far out, and what
+/// it was made of.
 pub fn describe(alert: &Alert) -> String {
-    let mut names = alert
-        .event_name
-        .iter()
-        .take(6)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if alert.event_name.len() > 6 || alert.event_name_truncated {
-        names.push_str(", ...");
-    }
+    let list = |items: Vec<String>, more: bool| {
+        let mut text = items.join(", ");
+        if more {
+            text.push_str(", ...");
+        }
+        text
+    };
+    let names = list(
+        alert.event_name.iter().take(6).cloned().collect(),
+        alert.event_name.len() > 6 || alert.event_name_truncated,
+    );
+    let e = &alert.explanation;
+    let new_apis = match e.new_event_names.len() {
+        0 => "none".to_string(),
+        n => list(e.new_event_names.iter().take(4).cloned().collect(), n > 4),
+    };
+    let top = |values: &[crate::alert::ValueCount], n: usize| {
+        list(
+            values
+                .iter()
+                .take(n)
+                .map(|v| format!("{} ({})", v.value, v.count))
+                .collect(),
+            values.len() > n,
+        )
+    };
+    let how_far = match (alert.z_score, alert.ratio_to_average) {
+        (Some(z), Some(ratio)) => format!("z-score {z:.1}, {ratio:.1}x the average"),
+        _ => "no spread in the baseline yet".to_string(),
+    };
+    let (label, status) = match alert.status {
+        Status::New => ("SPIKE", String::new()),
+        Status::Ongoing => (
+            "SPIKE",
+            format!(", ongoing for {} windows", alert.incident_spike_windows),
+        ),
+        Status::Resolved => ("ENDED", String::new()),
+    };
     format!(
-        "\nSPIKE  {user}\n  window      {start} .. {end}\n  API calls   {calls} \
-         (threshold {threshold:.1}: average {avg:.1}, deviation {stdev:.1} over {n} windows)\n  \
-         APIs        {unique} distinct: {names}\n  alertId     {id}",
+        "\n{label}  {user}\n  window      {start} .. {end}{status}\n  API calls   {calls} \
+         (threshold {threshold:.1}: average {avg:.1}, deviation {stdev:.1} over {n} windows; {how_far})\n  \
+         APIs        {unique} distinct: {names}\n  \
+         never seen  {new_apis}\n  \
+         addresses   {ips}\n  \
+         user agent  {agents}\n  \
+         failed      {failed} of {calls} calls{codes}\n  \
+         alertId     {id} (incident {incident})",
         user = alert.user,
         start = alert.window_start,
         end = alert.window_end,
@@ -270,6 +304,15 @@ pub fn describe(alert: &Alert) -> String {
         stdev = alert.stdev_api_calls,
         n = alert.num_data_points,
         unique = alert.unique_apis_called,
+        ips = top(&e.top_source_ips, 3),
+        agents = top(&e.top_user_agents, 1),
+        failed = e.failed_calls,
+        codes = if e.top_error_codes.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", top(&e.top_error_codes, 3))
+        },
         id = alert.alert_id,
+        incident = alert.incident_id,
     )
 }
