@@ -15,11 +15,12 @@ use crate::config::{Config, ConfigError};
 use crate::detect::Detector;
 use crate::metrics::{Metrics, Origin};
 use crate::ocsf::AlertFormat;
-use crate::parse::{MessageBody, ParseOptions, RecordOutcome, RejectReason};
+use crate::parse::{
+    collapse_session, MessageBody, ParseOptions, RecordOutcome, RejectReason,
+};
 use crate::store::{Changes, OutboxEntry, SourceProgress, StateStore, StoreError};
 use crate::tuning::Tuning;
 use crate::window::{Admission, SourceId, Windows};
-use std::borrow::Cow;
 
 /// A message or record for the dead-letter topic. `payload` is the exact
 /// bytes received: the whole message, or one record of a `Records` batch.
@@ -89,10 +90,6 @@ impl Engine {
     /// next window closed on.
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.detector.tuning = tuning;
-    }
-
-    pub fn tuning(&self) -> &Tuning {
-        &self.detector.tuning
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -382,62 +379,5 @@ impl Engine {
                 .restore_source(source, progress.max_event_time, now_ms);
         }
         Ok(sources)
-    }
-}
-
-/// Turns `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` into
-/// `arn:aws:sts::ACCOUNT:assumed-role/ROLE`; other ARNs stay as they are.
-/// Session names churn (one per CI job, per console login), so counting
-/// per session gives every session a baseline of one window.
-pub fn collapse_session(arn: &mut Cow<'_, str>) {
-    let Some(role_end) = role_of_session(arn) else {
-        return;
-    };
-    match arn {
-        Cow::Borrowed(text) => *text = &text[..role_end],
-        Cow::Owned(text) => text.truncate(role_end),
-    }
-}
-
-/// The length of the role ARN inside an assumed-role session ARN.
-fn role_of_session(arn: &str) -> Option<usize> {
-    let resource_at = arn.match_indices(':').nth(4)?.0 + 1;
-    if !arn[..resource_at].starts_with("arn:") || !arn[..resource_at].contains(":sts:") {
-        return None;
-    }
-    let resource = arn[resource_at..].strip_prefix("assumed-role/")?;
-    let session_slash = resource.find('/')?;
-    Some(resource_at + "assumed-role/".len() + session_slash)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn collapsed(arn: &str) -> String {
-        let mut arn = Cow::Borrowed(arn);
-        collapse_session(&mut arn);
-        arn.into_owned()
-    }
-
-    #[test]
-    fn an_assumed_role_session_counts_as_its_role() {
-        assert_eq!(
-            collapsed("arn:aws:sts::123456789012:assumed-role/deploy/gh-run-4411"),
-            "arn:aws:sts::123456789012:assumed-role/deploy"
-        );
-        assert_eq!(
-            collapsed("arn:aws-us-gov:sts::123456789012:assumed-role/r/s/extra"),
-            "arn:aws-us-gov:sts::123456789012:assumed-role/r"
-        );
-        for unchanged in [
-            "arn:aws:iam::123456789012:user/alice",
-            "arn:aws:iam::123456789012:role/assumed-role/x",
-            "arn:aws:sts::123456789012:assumed-role/no-session",
-            "arn:aws:sts::123456789012:federated-user/bob",
-            "not an arn",
-        ] {
-            assert_eq!(collapsed(unchanged), unchanged);
-        }
     }
 }

@@ -346,6 +346,31 @@ fn record_outcome<'a>(
     }))
 }
 
+/// Turns `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` into
+/// `arn:aws:sts::ACCOUNT:assumed-role/ROLE`; other ARNs stay as they are.
+/// Session names churn (one per CI job, per console login), so counting
+/// per session gives every session a baseline of one window.
+pub fn collapse_session(arn: &mut Cow<'_, str>) {
+    let Some(role_end) = role_of_session(arn) else {
+        return;
+    };
+    match arn {
+        Cow::Borrowed(text) => *text = &text[..role_end],
+        Cow::Owned(text) => text.truncate(role_end),
+    }
+}
+
+/// The length of the role ARN inside an assumed-role session ARN.
+fn role_of_session(arn: &str) -> Option<usize> {
+    let resource_at = arn.match_indices(':').nth(4)?.0 + 1;
+    if !arn[..resource_at].starts_with("arn:") || !arn[..resource_at].contains(":sts:") {
+        return None;
+    }
+    let resource = arn[resource_at..].strip_prefix("assumed-role/")?;
+    let session_slash = resource.find('/')?;
+    Some(resource_at + "assumed-role/".len() + session_slash)
+}
+
 /// Parses an ISO 8601 UTC timestamp such as `2024-05-01T13:07:42Z` into
 /// whole seconds since the epoch; fractional seconds are dropped.
 pub fn parse_event_time(text: &str) -> Result<i64, BadMessage> {
@@ -801,6 +826,33 @@ impl<'de> Visitor<'de> for IdentityVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn collapsed(arn: &str) -> String {
+        let mut arn = Cow::Borrowed(arn);
+        collapse_session(&mut arn);
+        arn.into_owned()
+    }
+
+    #[test]
+    fn an_assumed_role_session_counts_as_its_role() {
+        assert_eq!(
+            collapsed("arn:aws:sts::123456789012:assumed-role/deploy/gh-run-4411"),
+            "arn:aws:sts::123456789012:assumed-role/deploy"
+        );
+        assert_eq!(
+            collapsed("arn:aws-us-gov:sts::123456789012:assumed-role/r/s/extra"),
+            "arn:aws-us-gov:sts::123456789012:assumed-role/r"
+        );
+        for unchanged in [
+            "arn:aws:iam::123456789012:user/alice",
+            "arn:aws:iam::123456789012:role/assumed-role/x",
+            "arn:aws:sts::123456789012:assumed-role/no-session",
+            "arn:aws:sts::123456789012:federated-user/bob",
+            "not an arn",
+        ] {
+            assert_eq!(collapsed(unchanged), unchanged);
+        }
+    }
 
     fn outcomes(message: &[u8]) -> Result<Vec<String>, BadMessage> {
         outcomes_with(message, &ParseOptions::default())
