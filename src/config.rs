@@ -409,22 +409,20 @@ impl Config {
 
     /// The compiled threshold overrides.
     pub fn overrides(&self) -> Result<Overrides, ConfigError> {
-        Overrides::compile(&self.overrides).map_err(|(index, fix)| ConfigError::Invalid {
-            key: "override",
-            value: format!("override {} ({:?})", index + 1, self.overrides[index]),
-            fix,
-        })
+        Overrides::compile(&self.overrides).map_err(rule_error(
+            "override",
+            "override",
+            &self.overrides,
+        ))
     }
 
     /// The compiled suppression rules.
     pub fn suppression(&self) -> Result<Suppression, ConfigError> {
-        Suppression::compile(&self.suppress).map_err(|(index, fix)| {
-            ConfigError::Invalid {
-                key: "suppress",
-                value: format!("rule {} ({:?})", index + 1, self.suppress[index]),
-                fix,
-            }
-        })
+        Suppression::compile(&self.suppress).map_err(rule_error(
+            "suppress",
+            "rule",
+            &self.suppress,
+        ))
     }
 
     /// Settings of the parse stage.
@@ -451,6 +449,20 @@ impl Config {
             }
         }
         toml_string(&shown)
+    }
+}
+
+/// The error for the table at an index of `rules` (`[[key]]`) that does
+/// not compile, quoting it as `label N`, N from 1.
+fn rule_error<'r, T: std::fmt::Debug>(
+    key: &'static str,
+    label: &'static str,
+    rules: &'r [T],
+) -> impl FnOnce((usize, String)) -> ConfigError + 'r {
+    move |(index, fix)| ConfigError::Invalid {
+        key,
+        value: format!("{label} {} ({:?})", index + 1, rules[index]),
+        fix,
     }
 }
 

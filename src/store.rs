@@ -257,11 +257,7 @@ impl StateStore {
     }
 
     pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
-        let key = key(BASELINE, arn.as_bytes());
-        match self.tree.get(&key)? {
-            Some(bytes) => decode_known_apis(&bytes, &key),
-            None => Ok(KnownApis::default()),
-        }
+        Ok(self.baseline_with_apis(arn)?.1)
     }
 
     /// `arn`'s open incident.
@@ -567,13 +563,6 @@ impl Changes<'_> {
                 let known = self.known_apis.get(arn).cloned().unwrap_or(known);
                 Ok((baseline, known))
             }
-        }
-    }
-
-    pub fn known_apis(&self, arn: &str) -> Result<KnownApis, StoreError> {
-        match self.known_apis.get(arn) {
-            Some(known) => Ok(known.clone()),
-            None => self.store.known_apis(arn),
         }
     }
 
