@@ -1,9 +1,11 @@
-//! Stage 5: the alert a spike produces (SPEC.md section 5), and the rules
-//! that suppress alerts before they are produced.
+//! Stage 5: the alert a spike produces (SPEC.md section 5), with its
+//! explanation and its place in an incident, and the rules that suppress
+//! alerts before they are produced.
 //!
-//! An alert is a pure function of the ARN, its window and its baseline:
-//! it holds no wall-clock time, so re-sending it after a crash yields the
-//! same bytes and the same `alertId`. The JSON field names are the
+//! An alert is a pure function of the ARN, its window, its baseline, its
+//! incident and the APIs the ARN was known to call, all of which are
+//! durable state: it holds no wall-clock time, so re-sending it after a
+//! crash yields the same bytes and the same `alertId`. The JSON field names are the
 //! documented schema that SIEMs consume (`schemas/alert.schema.json`);
 //! changing one is a breaking change and bumps `schemaVersion`.
 
