@@ -84,8 +84,8 @@ impl Detector {
         arns.sort_unstable();
         let closing = Closing {
             window,
-            stale: self.tuning.max_alert_age_secs > 0
-                && window.end < now_unix.saturating_sub(self.tuning.max_alert_age_secs),
+            stale: self.is_stale(window.end, now_unix),
+            now_unix,
         };
         let mut verdicts = Verdicts::default();
         for arn in arns {
@@ -125,6 +125,12 @@ impl Detector {
         Ok(verdicts)
     }
 
+    /// Whether a window ending at `end` is older than `alerts.max_alert_age`.
+    fn is_stale(&self, end: i64, now_unix: i64) -> bool {
+        self.tuning.max_alert_age_secs > 0
+            && end < now_unix.saturating_sub(self.tuning.max_alert_age_secs)
+    }
+
     /// Decides what `judged`'s spike yields: suppressed by a rule (and in
     /// no incident), or part of an incident, produced unless throttled or
     /// stale. `updated` records the alert for throttling.
@@ -160,7 +166,22 @@ impl Detector {
             Some(open) if open.last_spike_window_start == previous_start => open,
             ended => {
                 if let Some(ended) = ended {
-                    self.resolve(arn, &ended, closing, changes, verdicts)?;
+                    // No window closed since its last spike, or that close
+                    // would have resolved it: the window right after that
+                    // spike had no records at all, and resolves it.
+                    let width = window.end - window.start;
+                    let quiet_start = ended.last_spike_window_start + width;
+                    let quiet = ClosedWindow {
+                        start: quiet_start,
+                        end: quiet_start + width,
+                        arns: Default::default(),
+                    };
+                    let resolving = Closing {
+                        window: &quiet,
+                        stale: self.is_stale(quiet.end, closing.now_unix),
+                        now_unix: closing.now_unix,
+                    };
+                    self.resolve(arn, &ended, &resolving, changes, verdicts)?;
                 }
                 Incident::open(window.start)
             }
@@ -239,6 +260,8 @@ impl Detector {
 struct Closing<'w> {
     window: &'w ClosedWindow,
     stale: bool,
+    /// The wall clock, for `alerts.max_alert_age`.
+    now_unix: i64,
 }
 
 /// An ARN whose window is a spike, and what it was judged by.

@@ -200,6 +200,24 @@ fn an_incident_resolves_in_the_first_window_its_arn_is_quiet() {
 }
 
 #[test]
+fn a_window_without_any_record_resolves_the_incident_before_it() {
+    let counts: Vec<u64> = USUAL.iter().copied().chain([40, 0, 90]).collect();
+    let records = calls_per_window(ALICE, T0, HOUR, &counts);
+    let alerts = replay_text(
+        &json_lines(&records),
+        &config("[alerts]\nresolve_incidents = true\n"),
+    )
+    .alerts;
+    assert_eq!(
+        statuses(&alerts),
+        [(Status::New, 16), (Status::Resolved, 17), (Status::New, 18)]
+    );
+    assert_eq!(alerts[1].number_of_api_calls, 0);
+    assert_eq!(alerts[1].incident_id, alerts[0].incident_id);
+    assert_ne!(alerts[2].incident_id, alerts[0].incident_id);
+}
+
+#[test]
 fn a_spike_after_a_quiet_window_is_a_new_incident() {
     let records = usual_then(ALICE, &[40, 11, 90]);
     let alerts = replay_text(&json_lines(&records), &config("")).alerts;
