@@ -220,13 +220,13 @@ impl Alert {
             Status::Resolved => resolution_id(facts.arn, facts.window_start),
             Status::New | Status::Ongoing => alert_id(facts.arn, facts.window_start),
         };
-        let mut new_names: Vec<String> = names
+        // `names` is sorted, so these are too.
+        let new_names: Vec<String> = names
             .iter()
             .filter(|name| !facts.known.contains(name))
             .take(facts.event_name_cap)
             .map(|name| name.to_string())
             .collect();
-        new_names.sort_unstable();
         names.truncate(facts.event_name_cap);
         Alert {
             schema_version: SCHEMA_VERSION,
