@@ -854,22 +854,23 @@ mod tests {
             event_names: Vec<&'static str>,
             event_ids: Vec<&'static str>,
         }
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let tree = db.open_tree("state").unwrap();
-            let old = Format1 {
-                count: 7,
-                event_names: vec!["GetObject", "ListBuckets"],
-                event_ids: vec!["id-1"],
-            };
-            tree.insert(window_key(3600, "arn:a"), encode(&old))
-                .unwrap();
-            tree.insert(key(BASELINE, b"arn:a"), encode(&baseline(4)))
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let store = StateStore::open(dir.path()).unwrap();
+        // Format 1 values in a store as format 1 left it (no format key),
+        // upgraded as opening does. Upgrading in place rather than closing
+        // and reopening: sled's flusher thread can hold the directory's
+        // lock for a moment after the last handle is dropped.
+        let store = StateStore::temporary().unwrap();
+        let old = Format1 {
+            count: 7,
+            event_names: vec!["GetObject", "ListBuckets"],
+            event_ids: vec!["id-1"],
+        };
+        let tree = &store.tree;
+        tree.insert(window_key(3600, "arn:a"), encode(&old))
+            .unwrap();
+        tree.insert(key(BASELINE, b"arn:a"), encode(&baseline(4)))
+            .unwrap();
+        tree.remove(FORMAT_KEY).unwrap();
+        store.upgrade_format().unwrap();
         assert_eq!(store.baseline("arn:a").unwrap(), Some(baseline(4)));
         assert!(store.known_apis("arn:a").unwrap().is_empty());
         let windows = store.open_windows().unwrap();
@@ -878,24 +879,19 @@ mod tests {
         assert_eq!((*start, &**arn, window.count), (3600, "arn:a", 7));
         assert_eq!(window.event_names.len(), 2);
         assert!(window.event_ids.contains("id-1"));
-        drop(store);
-        // Upgraded once: reopening reads format 2 as it is.
-        let again = StateStore::open(dir.path()).unwrap();
-        assert_eq!(again.open_windows().unwrap()[0].2, windows[0].2);
+        // Upgraded once: the next open reads format 2 as it is.
+        store.upgrade_format().unwrap();
+        assert_eq!(store.open_windows().unwrap()[0].2, windows[0].2);
     }
 
     #[test]
     fn a_store_from_a_newer_trailspike_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = StateStore::open(dir.path()).unwrap();
-            store
-                .tree
-                .insert(FORMAT_KEY, encode(&(FORMAT + 1)))
-                .unwrap();
-            store.flush().unwrap();
-        }
-        let error = StateStore::open(dir.path()).err().expect("refused");
+        let store = StateStore::temporary().unwrap();
+        store
+            .tree
+            .insert(FORMAT_KEY, encode(&(FORMAT + 1)))
+            .unwrap();
+        let error = store.upgrade_format().expect_err("refused");
         assert!(error.to_string().contains("newer trailspike"), "{error}");
     }
 
