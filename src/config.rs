@@ -70,6 +70,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub reload: ReloadConfig,
+    pub scale_out: ScaleOutConfig,
 }
 
 /// Which divisor the baseline update uses (SPEC.md section 3).
@@ -289,6 +290,52 @@ impl Default for StateConfig {
     }
 }
 
+/// Several instances in one consumer group sharing the work
+/// ([`crate::kafka::scaled`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleOutConfig {
+    /// Off: one instance reads every input partition and keeps all state.
+    pub enabled: bool,
+    /// Partitions of the internal repartition and changelog topics: the
+    /// most instances that can share the detection. Fixed once the topics
+    /// exist.
+    pub partitions: i32,
+    /// Replicas of each internal topic; -1 takes the broker's default.
+    pub replication_factor: i32,
+}
+
+impl Default for ScaleOutConfig {
+    fn default() -> Self {
+        ScaleOutConfig {
+            enabled: false,
+            partitions: 6,
+            replication_factor: -1,
+        }
+    }
+}
+
+impl ScaleOutConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(invalid(
+                "scale_out.partitions",
+                self.partitions,
+                "must be between 1 and 10000: at least the most instances you \
+                 will run",
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(invalid(
+                "scale_out.replication_factor",
+                self.replication_factor,
+                "must be -1 (the broker's default.replication.factor) or at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -402,6 +449,7 @@ impl Config {
             ));
         }
         self.kafka.validate()?;
+        self.scale_out.validate()?;
         self.suppression()?;
         self.overrides()?;
         Ok(())

@@ -16,7 +16,7 @@ use crate::detect::Detector;
 use crate::metrics::{Metrics, Origin};
 use crate::ocsf::AlertFormat;
 use crate::parse::{
-    collapse_session, MessageBody, ParseOptions, RecordOutcome, RejectReason,
+    collapse_session, ApiCall, MessageBody, ParseOptions, RecordOutcome, RejectReason,
 };
 use crate::store::{Changes, OutboxEntry, SourceProgress, StateStore, StoreError};
 use crate::tuning::Tuning;
@@ -33,11 +33,163 @@ pub struct DeadLetter<'a> {
     pub record_index: Option<usize>,
 }
 
+/// What the intake hands on from a message: a call to count, or the event
+/// time of a well-formed record that does not count (evidence of how far
+/// its source has come).
+pub enum Screened<'a> {
+    Call(ApiCall<'a>),
+    Progress(i64),
+}
+
+/// Why the receiver of a [`Screened`] call refuses it (a late record).
+pub type Refusal = Option<(RejectReason, String)>;
+
+/// One record that passed the intake: its exact bytes, its index in the
+/// message's `Records` array (for a batched record), and what it is.
+pub struct Passed<'a> {
+    pub raw: &'a [u8],
+    pub record_index: Option<usize>,
+    pub screened: Screened<'a>,
+}
+
+/// Stage 1 as a unit: message bytes to screened records, with bad input
+/// sent to the dead-letter topic and counted. The engine counts what it
+/// passes; scaled out, the repartitioner forwards it by ARN instead.
+#[derive(Clone)]
+pub struct Intake {
+    parse: ParseOptions,
+    max_future_skew_secs: i64,
+    /// Count an assumed role's sessions as the role.
+    collapse_sessions: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Intake {
+        let detection = &config.detection;
+        Intake {
+            parse: config.parse_options(),
+            max_future_skew_secs: detection.max_future_skew.as_secs() as i64,
+            collapse_sessions: detection.collapse_assumed_role_sessions,
+            metrics,
+        }
+    }
+
+    /// Decodes one message and hands each record that passes to `accept`
+    /// with its exact bytes. `arrival_unix` is when the message was
+    /// written (the Kafka timestamp, or the wall clock for files): records
+    /// more than `max_future_skew` ahead of it are rejected, so that one
+    /// corrupt time cannot close every window early.
+    pub fn process_message(
+        &self,
+        message: &[u8],
+        arrival_unix: i64,
+        origin: Origin<'_>,
+        accept: &mut dyn FnMut(Passed<'_>) -> Refusal,
+        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
+    ) {
+        let body = match MessageBody::decode(message, &self.parse) {
+            Ok(body) => body,
+            Err(bad) => {
+                return self.reject(
+                    bad.reason,
+                    bad.detail,
+                    message,
+                    None,
+                    origin,
+                    dead_letter,
+                )
+            }
+        };
+        let whole_body = body.bytes();
+        let mut index = 0;
+        let mut bad_records = Vec::new();
+        let parsed = body.for_each_record(&self.parse, |raw, outcome| {
+            let record_index = (raw.len() != whole_body.len()).then_some(index);
+            index += 1;
+            // Dead-letter the message as received when it is one record.
+            let payload = if record_index.is_none() { message } else { raw };
+            let passed = |screened| Passed {
+                raw,
+                record_index,
+                screened,
+            };
+            if let Some(bad) = self.screen(passed, outcome, arrival_unix, accept) {
+                bad_records.push((bad, payload, record_index));
+            }
+        });
+        for ((reason, detail), payload, record_index) in bad_records {
+            self.reject(reason, detail, payload, record_index, origin, dead_letter);
+        }
+        if let Err(bad) = parsed {
+            self.reject(bad.reason, bad.detail, message, None, origin, dead_letter);
+        }
+    }
+
+    /// Passes one parsed record on; returns why it is bad input, if it is.
+    fn screen<'r>(
+        &self,
+        passed: impl FnOnce(Screened<'r>) -> Passed<'r>,
+        outcome: RecordOutcome<'r>,
+        arrival_unix: i64,
+        accept: &mut dyn FnMut(Passed<'_>) -> Refusal,
+    ) -> Refusal {
+        let event_time = match &outcome {
+            RecordOutcome::Call(call) => call.event_time,
+            RecordOutcome::Skipped { event_time, .. } => *event_time,
+            RecordOutcome::Rejected { reason, detail } => {
+                return Some((*reason, detail.clone()))
+            }
+        };
+        if event_time > arrival_unix.saturating_add(self.max_future_skew_secs) {
+            let detail = format!(
+                "eventTime {event_time} is {}s ahead of the message time {arrival_unix}; \
+                 detection.max_future_skew is {}s",
+                event_time - arrival_unix,
+                self.max_future_skew_secs
+            );
+            return Some((RejectReason::FutureSkew, detail));
+        }
+        match outcome {
+            RecordOutcome::Call(mut call) => {
+                if self.collapse_sessions {
+                    collapse_session(&mut call.arn);
+                }
+                accept(passed(Screened::Call(call)))
+            }
+            RecordOutcome::Skipped { reason, .. } => {
+                self.metrics.skipped(reason);
+                accept(passed(Screened::Progress(event_time)))
+            }
+            RecordOutcome::Rejected { .. } => None,
+        }
+    }
+
+    fn reject(
+        &self,
+        reason: RejectReason,
+        detail: String,
+        payload: &[u8],
+        record_index: Option<usize>,
+        origin: Origin<'_>,
+        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
+    ) {
+        if reason != RejectReason::Late {
+            self.metrics.rejected(reason, &detail, origin);
+        }
+        dead_letter(DeadLetter {
+            reason,
+            detail,
+            payload,
+            record_index,
+        });
+    }
+}
+
 pub struct Engine {
     windows: Windows,
     detector: Detector,
-    parse: ParseOptions,
-    max_future_skew_secs: i64,
+    intake: Intake,
     dead_letter_late: bool,
     format: AlertFormat,
     /// 0 keeps baselines forever.
@@ -45,8 +197,6 @@ pub struct Engine {
     /// Event-time day of the last expiry sweep.
     last_sweep_day: i64,
     max_open_arn_windows: usize,
-    /// Count an assumed role's sessions as the role.
-    collapse_sessions: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -66,9 +216,7 @@ impl Engine {
                 tuning: Tuning::from_config(config)?,
                 resolve_incidents: config.alerts.resolve_incidents,
             },
-            collapse_sessions: detection.collapse_assumed_role_sessions,
-            parse: config.parse_options(),
-            max_future_skew_secs: detection.max_future_skew.as_secs() as i64,
+            intake: Intake::new(config, metrics.clone()),
             dead_letter_late: detection.dead_letter_late_records,
             format: config.alerts.format,
             baseline_ttl_secs: config.state.baseline_ttl.as_secs() as i64,
@@ -100,10 +248,7 @@ impl Engine {
         self.metrics.clone()
     }
 
-    /// Counts one message from `source`. `arrival_unix` is when the
-    /// message was written (the Kafka timestamp, or the wall clock for
-    /// files): records more than `max_future_skew` ahead of it are
-    /// rejected, so that one corrupt time cannot close every window early.
+    /// Counts one message from `source`; see [`Intake::process_message`].
     pub fn process_message(
         &mut self,
         source: SourceId,
@@ -114,114 +259,55 @@ impl Engine {
         dead_letter: &mut dyn FnMut(DeadLetter<'_>),
     ) {
         self.metrics.messages_consumed.inc();
-        let body = match MessageBody::decode(message, &self.parse) {
-            Ok(body) => body,
-            Err(bad) => {
-                return self.reject(
-                    bad.reason,
-                    bad.detail,
-                    message,
-                    None,
-                    origin,
-                    dead_letter,
-                )
-            }
-        };
-        let whole_body = body.bytes();
-        let mut index = 0;
-        let mut bad_records = Vec::new();
-        let parse = self.parse;
-        let parsed = body.for_each_record(&parse, |raw, outcome| {
-            let record_index = (raw.len() != whole_body.len()).then_some(index);
-            index += 1;
-            // Dead-letter the message as received when it is one record.
-            let payload = if record_index.is_none() { message } else { raw };
-            if let Some(bad) = self.admit(source, outcome, arrival_unix, now_ms, origin) {
-                bad_records.push((bad, payload, record_index));
-            }
-        });
-        for ((reason, detail), payload, record_index) in bad_records {
-            self.reject(reason, detail, payload, record_index, origin, dead_letter);
-        }
-        if let Err(bad) = parsed {
-            self.reject(bad.reason, bad.detail, message, None, origin, dead_letter);
-        }
+        self.process_record(source, message, arrival_unix, now_ms, origin, dead_letter);
     }
 
-    /// Counts one parsed record; returns why it is bad input, if it is.
-    fn admit(
+    /// Counts a message already counted as consumed upstream: one record
+    /// forwarded by the repartitioner.
+    pub fn process_record(
         &mut self,
         source: SourceId,
-        outcome: RecordOutcome<'_>,
+        message: &[u8],
         arrival_unix: i64,
         now_ms: i64,
         origin: Origin<'_>,
-    ) -> Option<(RejectReason, String)> {
-        let event_time = match &outcome {
-            RecordOutcome::Call(call) => call.event_time,
-            RecordOutcome::Skipped { event_time, .. } => *event_time,
-            RecordOutcome::Rejected { reason, detail } => {
-                return Some((*reason, detail.clone()))
-            }
-        };
-        if event_time > arrival_unix.saturating_add(self.max_future_skew_secs) {
-            let detail = format!(
-                "eventTime {event_time} is {}s ahead of the message time {arrival_unix}; \
-                 detection.max_future_skew is {}s",
-                event_time - arrival_unix,
-                self.max_future_skew_secs
-            );
-            return Some((RejectReason::FutureSkew, detail));
-        }
-        match outcome {
-            RecordOutcome::Call(mut call) => {
-                if self.collapse_sessions {
-                    collapse_session(&mut call.arn);
+        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
+    ) {
+        let windows = &mut self.windows;
+        let metrics = &self.metrics;
+        let dead_letter_late = self.dead_letter_late;
+        let mut accept = |passed: Passed<'_>| -> Refusal {
+            let call = match passed.screened {
+                Screened::Call(call) => call,
+                Screened::Progress(event_time) => {
+                    windows.progress(source, event_time, now_ms);
+                    return None;
                 }
-                match self.windows.observe(source, &call, now_ms) {
-                    Admission::Counted => self.metrics.records_counted.inc(),
-                    Admission::DuplicateEventId => self
-                        .metrics
-                        .skipped(crate::parse::SkipReason::DuplicateEventId),
-                    Admission::Late => {
-                        self.metrics
-                            .late(event_time, self.windows.watermark(), origin);
-                        if self.dead_letter_late {
-                            return Some((
-                                RejectReason::Late,
-                                "window already closed".into(),
-                            ));
-                        }
+            };
+            match windows.observe(source, &call, now_ms) {
+                Admission::Counted => metrics.records_counted.inc(),
+                Admission::DuplicateEventId => {
+                    metrics.skipped(crate::parse::SkipReason::DuplicateEventId)
+                }
+                Admission::Late => {
+                    metrics.late(call.event_time, windows.watermark(), origin);
+                    if dead_letter_late {
+                        return Some((
+                            RejectReason::Late,
+                            "window already closed".into(),
+                        ));
                     }
                 }
             }
-            RecordOutcome::Skipped { reason, .. } => {
-                self.metrics.skipped(reason);
-                self.windows.progress(source, event_time, now_ms);
-            }
-            RecordOutcome::Rejected { .. } => {}
-        }
-        None
-    }
-
-    fn reject(
-        &self,
-        reason: RejectReason,
-        detail: String,
-        payload: &[u8],
-        record_index: Option<usize>,
-        origin: Origin<'_>,
-        dead_letter: &mut dyn FnMut(DeadLetter<'_>),
-    ) {
-        if reason != RejectReason::Late {
-            self.metrics.rejected(reason, &detail, origin);
-        }
-        dead_letter(DeadLetter {
-            reason,
-            detail,
-            payload,
-            record_index,
-        });
+            None
+        };
+        self.intake.process_message(
+            message,
+            arrival_unix,
+            origin,
+            &mut accept,
+            dead_letter,
+        );
     }
 
     /// Closes every window the watermark has passed, updating baselines

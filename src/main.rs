@@ -17,11 +17,12 @@ use trailspike::generate::{self, GenerateArgs};
 use trailspike::kafka::pipeline::{
     self, Health, PipelineError, ReloadOptions, RunOptions,
 };
+use trailspike::kafka::{changelog, scaled};
 use trailspike::metrics::Metrics;
 use trailspike::parse::{RejectReason, SkipReason};
 use trailspike::replay;
 use trailspike::server;
-use trailspike::store::StateStore;
+use trailspike::store::{self, StateStore};
 
 /// jemalloc for the whole process, librdkafka's C allocations included
 /// (`unprefixed_malloc_on_supported_platforms`): librdkafka allocates each
@@ -102,8 +103,13 @@ enum Command {
 enum BaselineCommand {
     /// Write every baseline as CSV with the Splunk lookup's header.
     Export {
-        #[arg(long)]
-        state: PathBuf,
+        /// The state directory of one instance (only once it has stopped).
+        #[arg(long, required_unless_present = "from_kafka")]
+        state: Option<PathBuf>,
+        /// Read the baselines of a whole scaled-out deployment from its
+        /// changelog topic (the config's kafka and scale_out sections).
+        #[arg(long, conflicts_with = "state")]
+        from_kafka: bool,
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
@@ -180,7 +186,7 @@ fn run(
             output,
             spikes_out,
         } => generate_records(&args, output.as_deref(), spikes_out.as_deref()),
-        Command::Baseline { command } => baseline(command),
+        Command::Baseline { command } => baseline(command, config),
         Command::Run { stop_at_end } => service(
             config,
             Service::Run {
@@ -247,8 +253,13 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
                         requested: reload,
                     }),
                 };
-                pipeline::run(&config, metrics, health, shutdown, options)
-                    .map_err(Into::into)
+                if config.scale_out.enabled {
+                    scaled::run(&config, metrics, health, shutdown, options)
+                        .map_err(Into::into)
+                } else {
+                    pipeline::run(&config, metrics, health, shutdown, options)
+                        .map_err(Into::into)
+                }
             }
             Service::Demo { follow } => {
                 eprintln!("demo: metrics at http://{address}/metrics");
@@ -446,22 +457,36 @@ fn generate_records(
     Ok(ExitCode::SUCCESS)
 }
 
-fn baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
+fn baseline(command: BaselineCommand, config: &Config) -> anyhow::Result<ExitCode> {
     match command {
-        BaselineCommand::Export { state, output } => {
-            let store = StateStore::open(&state)?;
+        BaselineCommand::Export {
+            state,
+            from_kafka,
+            output,
+        } => {
+            let stores = match state {
+                Some(dir) if !from_kafka => StateStore::open_every(&dir)?,
+                _ => changelog::read_all(config)?,
+            };
             let rows = match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
-                    store.export_csv(BufWriter::new(file))?
+                    store::export_csv(&stores, BufWriter::new(file))?
                 }
-                None => store.export_csv(io::stdout().lock())?,
+                None => store::export_csv(&stores, io::stdout().lock())?,
             };
             eprintln!("exported {rows} baselines");
         }
         BaselineCommand::Import { state, file } => {
-            let store = StateStore::open(&state)?;
+            let stores = StateStore::open_every(&state)?;
+            let [store] = stores.as_slice() else {
+                anyhow::bail!(
+                    "{} holds the partitions of a scaled-out instance; baselines can \
+                     be imported only into a single instance's state.dir",
+                    state.display()
+                );
+            };
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("opening {}", file.display()))?;
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -471,8 +496,15 @@ fn baseline(command: BaselineCommand) -> anyhow::Result<ExitCode> {
             eprintln!("imported {rows} baselines");
         }
         BaselineCommand::Show { state, arn } => {
-            let store = StateStore::open(&state)?;
-            let Some(b) = store.baseline(&arn)? else {
+            let stores = StateStore::open_every(&state)?;
+            let mut found = None;
+            for store in &stores {
+                if let Some(b) = store.baseline(&arn)? {
+                    found = Some((store, b));
+                    break;
+                }
+            }
+            let Some((store, b)) = found else {
                 eprintln!("no baseline for {arn}");
                 return Ok(ExitCode::FAILURE);
             };

@@ -21,6 +21,12 @@
 //! Open windows evicted from memory past `state.max_open_arn_windows` go
 //! to files in a `spill-*` directory beside the store ([`crate::spill`]):
 //! scratch space, not state.
+//!
+//! Scaled out ([`crate::kafka::scaled`]), each partition of the internal
+//! topics has a tree of its own in one sled database, with the same keys,
+//! and every checkpoint's writes go first to that partition's changelog
+//! topic, then to the tree ([`Changes::prepare`], [`StateStore::apply`]).
+//! The tree also records how far into the changelog it is (local only).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -43,6 +49,11 @@ const INCIDENT: u8 = b'i';
 const WATERMARK_KEY: &[u8] = b"mwatermark";
 const BASELINE_COUNT_KEY: &[u8] = b"mbaseline_count";
 const FORMAT_KEY: &[u8] = b"mformat";
+/// The changelog offset after the last write this tree holds; local, so
+/// never itself in the changelog.
+const CHANGELOG_NEXT_KEY: &[u8] = b"mchangelog_next";
+/// Tree names of the partitions of a scaled-out store.
+const PARTITION_TREE_PREFIX: &str = "partition-";
 /// Version of the value layouts. 1 (no key) held open windows without
 /// per-name counts or context, and baselines without known APIs; both are
 /// converted when the store opens.
@@ -98,6 +109,19 @@ pub struct OutboxEntry {
     pub payload: String,
 }
 
+/// One key a checkpoint sets, or with `None` removes: what the tree
+/// applies and what the changelog carries, in order.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A checkpoint's writes, not yet applied (see [`Changes::prepare`]).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub writes: Vec<Write>,
+    /// Alerts the checkpoint made, in order; they are not in `writes`.
+    pub alerts: Vec<OutboxEntry>,
+    baseline_count: u64,
+}
+
 /// How far a source has been processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceProgress {
@@ -140,6 +164,62 @@ impl StateStore {
         Self::with_db(db, dir.to_path_buf(), None)
     }
 
+    /// The database of a scaled-out instance: one tree per partition of the
+    /// internal topics, opened with [`StateStore::partition`].
+    pub fn open_database(dir: &Path) -> Result<sled::Db, StoreError> {
+        create_private_dir(dir)?;
+        sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })
+    }
+
+    /// The state of partition `partition` in `db`, a database opened from
+    /// `dir` by [`StateStore::open_database`]. Its spill area is a
+    /// directory of its own, since creating one clears its siblings.
+    pub fn partition(
+        db: &sled::Db,
+        dir: &Path,
+        partition: i32,
+    ) -> Result<StateStore, StoreError> {
+        let name = format!("{PARTITION_TREE_PREFIX}{partition}");
+        let spill_parent = dir.join("spill").join(&name);
+        create_private_dir(&spill_parent)?;
+        let tree = db.open_tree(&name)?;
+        Self::with_tree(db.clone(), tree, spill_parent, None)
+    }
+
+    /// Every store in `dir`: the partitions of a scaled-out instance, or
+    /// else the one store of a single instance.
+    pub fn open_every(dir: &Path) -> Result<Vec<StateStore>, StoreError> {
+        let db = Self::open_database(dir)?;
+        let partitions = Self::partitions_in(&db);
+        if partitions.is_empty() {
+            return Ok(vec![Self::with_db(db, dir.to_path_buf(), None)?]);
+        }
+        partitions
+            .into_iter()
+            .map(|partition| Self::partition(&db, dir, partition))
+            .collect()
+    }
+
+    /// The partitions that have a tree in `db`, in order.
+    pub fn partitions_in(db: &sled::Db) -> Vec<i32> {
+        let mut partitions: Vec<i32> = db
+            .tree_names()
+            .iter()
+            .filter_map(|name| {
+                let name = std::str::from_utf8(name).ok()?;
+                name.strip_prefix(PARTITION_TREE_PREFIX)?.parse().ok()
+            })
+            .collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
     /// A store that lives only as long as the process (replay without
     /// `--state`).
     pub fn temporary() -> Result<StateStore, StoreError> {
@@ -160,6 +240,15 @@ impl StateStore {
         temporary_spill_parent: Option<tempfile::TempDir>,
     ) -> Result<StateStore, StoreError> {
         let tree = db.open_tree("state")?;
+        Self::with_tree(db, tree, spill_parent, temporary_spill_parent)
+    }
+
+    fn with_tree(
+        db: sled::Db,
+        tree: sled::Tree,
+        spill_parent: PathBuf,
+        temporary_spill_parent: Option<tempfile::TempDir>,
+    ) -> Result<StateStore, StoreError> {
         let store = StateStore {
             db,
             tree,
@@ -355,11 +444,82 @@ impl StateStore {
             baselines: FastMap::default(),
             known_apis: FastMap::default(),
             incidents: FastMap::default(),
-            batch: sled::Batch::default(),
+            writes: Vec::new(),
             new_alerts: Vec::new(),
             new_baselines: 0,
             expired_baselines: 0,
         }
+    }
+
+    /// Applies a prepared checkpoint at once and waits until it is on
+    /// disk; `changelog_next`, when given, records how far into the
+    /// changelog the tree now is.
+    pub fn apply(
+        &self,
+        prepared: Prepared,
+        changelog_next: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in prepared.writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        if let Some(next) = changelog_next {
+            batch.insert(CHANGELOG_NEXT_KEY, encode(&next));
+        }
+        self.tree.apply_batch(batch)?;
+        self.baseline_count
+            .store(prepared.baseline_count, Ordering::Relaxed);
+        self.flush()
+    }
+
+    /// The changelog offset after the last write this tree holds.
+    pub fn changelog_next(&self) -> Result<Option<i64>, StoreError> {
+        self.tree
+            .get(CHANGELOG_NEXT_KEY)?
+            .map(|bytes| decode(&bytes, CHANGELOG_NEXT_KEY))
+            .transpose()
+    }
+
+    /// Applies writes read from the changelog, in batches as an import,
+    /// then records `next` as the changelog offset after them.
+    pub fn apply_changelog(
+        &self,
+        writes: impl IntoIterator<Item = Write>,
+        next: i64,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+            in_batch += 1;
+            if in_batch == IMPORT_BATCH_ROWS {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        batch.insert(CHANGELOG_NEXT_KEY, encode(&next));
+        self.tree.apply_batch(batch)?;
+        let count = match self.tree.get(BASELINE_COUNT_KEY)? {
+            Some(bytes) => decode(&bytes, BASELINE_COUNT_KEY)?,
+            None => self.count_baselines()?,
+        };
+        self.baseline_count.store(count, Ordering::Relaxed);
+        self.flush()
+    }
+
+    /// Empties the tree: its changelog was recreated or compacted past
+    /// where the tree left it.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        self.baseline_count.store(0, Ordering::Relaxed);
+        self.tree.insert(FORMAT_KEY, encode(&FORMAT))?;
+        self.flush()
     }
 
     /// Waits until everything written so far is on disk.
@@ -375,28 +535,7 @@ impl StateStore {
 
     /// Writes every baseline as CSV with the Splunk lookup's header.
     pub fn export_csv(&self, out: impl io::Write) -> Result<u64, StoreError> {
-        let mut writer = csv::Writer::from_writer(out);
-        let csv_error = |e: csv::Error| StoreError::Csv {
-            line: 0,
-            message: e.to_string(),
-        };
-        writer.write_record(CSV_HEADER).map_err(csv_error)?;
-        let mut rows = 0;
-        for entry in self.baselines() {
-            let (arn, b) = entry?;
-            writer
-                .serialize((
-                    arn,
-                    b.latest_count,
-                    b.num_data_points,
-                    b.avg_api_calls,
-                    b.stdev_api_calls,
-                ))
-                .map_err(csv_error)?;
-            rows += 1;
-        }
-        writer.flush().map_err(|e| csv_error(e.into()))?;
-        Ok(rows)
+        export_csv(std::slice::from_ref(self), out)
     }
 
     /// Reads baselines from CSV with the Splunk lookup's columns, in any
@@ -450,6 +589,34 @@ impl StateStore {
         self.flush()?;
         Ok(rows)
     }
+}
+
+/// Writes every baseline of `stores` (disjoint sets of ARNs, such as the
+/// partitions of a scaled-out deployment) as CSV with the Splunk lookup's
+/// header.
+pub fn export_csv(stores: &[StateStore], out: impl io::Write) -> Result<u64, StoreError> {
+    let mut writer = csv::Writer::from_writer(out);
+    let csv_error = |e: csv::Error| StoreError::Csv {
+        line: 0,
+        message: e.to_string(),
+    };
+    writer.write_record(CSV_HEADER).map_err(csv_error)?;
+    let mut rows = 0;
+    for entry in stores.iter().flat_map(StateStore::baselines) {
+        let (arn, b) = entry?;
+        writer
+            .serialize((
+                arn,
+                b.latest_count,
+                b.num_data_points,
+                b.avg_api_calls,
+                b.stdev_api_calls,
+            ))
+            .map_err(csv_error)?;
+        rows += 1;
+    }
+    writer.flush().map_err(|e| csv_error(e.into()))?;
+    Ok(rows)
 }
 
 /// Baselines written per sled batch by [`StateStore::import_csv`].
@@ -530,7 +697,7 @@ pub struct Changes<'s> {
     known_apis: FastMap<Box<str>, KnownApis>,
     /// `None` for an incident closed in this batch.
     incidents: FastMap<Box<str>, Option<Incident>>,
-    batch: sled::Batch,
+    writes: Vec<Write>,
     new_alerts: Vec<OutboxEntry>,
     new_baselines: u64,
     expired_baselines: u64,
@@ -633,16 +800,17 @@ impl Changes<'_> {
         self.known_apis.remove(arn);
         self.incidents.remove(arn);
         for kind in [BASELINE, INCIDENT] {
-            self.batch.remove(key(kind, arn.as_bytes()));
+            self.writes.push((key(kind, arn.as_bytes()), None));
         }
     }
 
     pub fn put_window(&mut self, start: i64, arn: &str, window: &ArnWindow) {
-        self.batch.insert(window_key(start, arn), encode(window));
+        self.writes
+            .push((window_key(start, arn), Some(encode(window))));
     }
 
     pub fn remove_window(&mut self, start: i64, arn: &str) {
-        self.batch.remove(window_key(start, arn));
+        self.writes.push((window_key(start, arn), None));
     }
 
     /// Removes every entry of the window at `start` that the store holds.
@@ -652,21 +820,23 @@ impl Changes<'_> {
     pub fn remove_stored_windows(&mut self, start: i64) -> Result<(), StoreError> {
         let prefix = window_key(start, "");
         for key in self.store.tree.scan_prefix(&prefix).keys() {
-            self.batch.remove(key?);
+            self.writes.push((key?.to_vec(), None));
         }
         Ok(())
     }
 
     pub fn put_source(&mut self, source: SourceId, progress: &SourceProgress) {
-        self.batch.insert(source_key(source), encode(progress));
+        self.writes
+            .push((source_key(source), Some(encode(progress))));
     }
 
     pub fn remove_source(&mut self, source: SourceId) {
-        self.batch.remove(source_key(source));
+        self.writes.push((source_key(source), None));
     }
 
     pub fn put_watermark(&mut self, watermark: i64) {
-        self.batch.insert(WATERMARK_KEY, encode(&watermark));
+        self.writes
+            .push((WATERMARK_KEY.to_vec(), Some(encode(&watermark))));
     }
 
     /// Queues an alert to be produced once this batch is durable.
@@ -674,15 +844,28 @@ impl Changes<'_> {
         self.new_alerts.push(entry);
     }
 
-    /// Applies everything at once and waits until it is on disk. Returns
-    /// the new outbox entries with their sequence numbers.
-    pub fn commit(mut self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let mut queued = Vec::with_capacity(self.new_alerts.len());
-        for entry in self.new_alerts {
-            let seq = self.store.db.generate_id()?;
-            self.batch.insert(outbox_key(seq), encode(&entry));
+    /// Applies everything at once, the new alerts into the outbox, and
+    /// waits until it is on disk. Returns the new outbox entries with
+    /// their sequence numbers.
+    pub fn commit(self) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let store = self.store;
+        let mut prepared = self.prepare()?;
+        let mut queued = Vec::with_capacity(prepared.alerts.len());
+        for entry in std::mem::take(&mut prepared.alerts) {
+            let seq = store.db.generate_id()?;
+            prepared
+                .writes
+                .push((outbox_key(seq), Some(encode(&entry))));
             queued.push((seq, entry));
         }
+        store.apply(prepared, None)?;
+        Ok(queued)
+    }
+
+    /// Everything this batch writes, in order, and the alerts it made,
+    /// for a driver that makes them durable elsewhere before it applies
+    /// them with [`StateStore::apply`].
+    pub fn prepare(mut self) -> Result<Prepared, StoreError> {
         // A baseline and its known APIs are one value: one read and one
         // write per ARN and window. Both are set together when a window
         // closes; one set alone keeps the stored other.
@@ -691,35 +874,34 @@ impl Changes<'_> {
                 Some(known) => encode_baseline(baseline, known),
                 None => encode_baseline(baseline, &self.store.known_apis(arn)?),
             };
-            self.batch.insert(key(BASELINE, arn.as_bytes()), value);
+            self.writes
+                .push((key(BASELINE, arn.as_bytes()), Some(value)));
         }
         for (arn, known) in &self.known_apis {
             if self.baselines.contains_key(arn) {
                 continue;
             }
             if let Some(baseline) = self.store.baseline(arn)? {
-                self.batch.insert(
-                    key(BASELINE, arn.as_bytes()),
-                    encode_baseline(&baseline, known),
-                );
+                let value = encode_baseline(&baseline, known);
+                self.writes
+                    .push((key(BASELINE, arn.as_bytes()), Some(value)));
             }
         }
         for (arn, incident) in &self.incidents {
-            let key = key(INCIDENT, arn.as_bytes());
-            match incident {
-                Some(incident) => self.batch.insert(key, encode(incident)),
-                None => self.batch.remove(key),
-            }
+            let value = incident.as_ref().map(encode);
+            self.writes.push((key(INCIDENT, arn.as_bytes()), value));
         }
         let count = (self.store.baseline_count() + self.new_baselines)
             .saturating_sub(self.expired_baselines);
         if self.new_baselines > 0 || self.expired_baselines > 0 {
-            self.batch.insert(BASELINE_COUNT_KEY, encode(&count));
+            self.writes
+                .push((BASELINE_COUNT_KEY.to_vec(), Some(encode(&count))));
         }
-        self.store.tree.apply_batch(self.batch)?;
-        self.store.baseline_count.store(count, Ordering::Relaxed);
-        self.store.flush()?;
-        Ok(queued)
+        Ok(Prepared {
+            writes: self.writes,
+            alerts: self.new_alerts,
+            baseline_count: count,
+        })
     }
 }
 

@@ -8,15 +8,47 @@
 //! - [`readback`]: after a crash, which queued alerts already reached the
 //!   alerts topic;
 //! - [`pipeline`]: the loop that ties them to the engine and the store.
+//!
+//! Scaled out (`scale_out.enabled`), instead of `pipeline`:
+//!
+//! - [`repartition`]: the input re-keyed by ARN onto an internal topic;
+//! - [`changelog`]: the internal topics, and state restored from the
+//!   changelog;
+//! - [`scaled`]: the loop of one instance among several, with its
+//!   transactions and rebalances.
 
+pub mod changelog;
 pub mod pipeline;
 pub mod readback;
+pub mod repartition;
+pub mod scaled;
 pub mod sink;
 pub mod source;
+
+use std::fmt;
 
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
+
+/// `topic/partition@offset`, built only when a log line needs it.
+pub struct KafkaOrigin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl fmt::Display for KafkaOrigin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Settings shared by every client: the brokers, then the user's
 /// pass-through properties.

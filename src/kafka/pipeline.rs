@@ -22,7 +22,6 @@
 //! on the topic exactly once.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -39,12 +38,12 @@ use crate::config::{Config, ConfigError};
 use crate::engine::{DeadLetter, Engine};
 use crate::metrics::Metrics;
 use crate::store::{StateStore, StoreError};
-use crate::tuning::{Reload, RulesFile};
+use crate::tuning::{Reload, RulesFile, Tuning};
 use crate::window::SourceId;
 
-use super::readback;
 use super::sink::{Delivered, Delivery, Sink, SourceRef};
 use super::source::{self, AssignmentChange, Positions, Source};
+use super::{now_ms, readback, KafkaOrigin};
 
 /// Most messages handled between two looks at signals and timers.
 const MAX_BATCH: usize = 2_000;
@@ -167,22 +166,69 @@ struct Pipeline<'c> {
     last_probe: Option<Instant>,
 }
 
-/// `topic/partition@offset`, built only when a log line needs it.
-struct KafkaOrigin<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
+/// Watches the config file for a new tuning: on SIGHUP, and when it
+/// changed, polled every `reload.poll_interval`.
+pub(super) struct TuningWatch<'r> {
+    file: RulesFile,
+    reload: &'r ReloadOptions,
+    last_poll: Instant,
 }
 
-impl fmt::Display for KafkaOrigin<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+impl<'r> TuningWatch<'r> {
+    pub(super) fn new(reload: &'r ReloadOptions) -> TuningWatch<'r> {
+        TuningWatch {
+            file: RulesFile::new(&reload.config_file),
+            reload,
+            last_poll: Instant::now(),
+        }
     }
-}
 
-fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| d.as_millis() as i64)
+    /// A new tuning to apply from the next window closed on, if the file
+    /// changed (or SIGHUP asked); a file that does not load is refused and
+    /// the running tuning stays.
+    pub(super) fn poll(&mut self, config: &Config, metrics: &Metrics) -> Option<Tuning> {
+        let every = config.reload.poll_interval;
+        let forced = self.reload.requested.swap(false, Ordering::Relaxed);
+        if !forced && (every.is_zero() || self.last_poll.elapsed() < every) {
+            return None;
+        }
+        self.last_poll = Instant::now();
+        let path = self.file.path().display().to_string();
+        match self.file.reload(forced, config) {
+            Reload::Unchanged => None,
+            Reload::Loaded {
+                tuning,
+                needs_restart,
+            } => {
+                tracing::info!(
+                    file = %path,
+                    suppress_rules = tuning.suppression.len(),
+                    overrides = tuning.overrides.len(),
+                    throttle_secs = tuning.throttle_secs,
+                    max_alert_age_secs = tuning.max_alert_age_secs,
+                    "tuning reloaded; applies from the next window closed"
+                );
+                if !needs_restart.is_empty() {
+                    tracing::warn!(
+                        file = %path,
+                        sections = ?needs_restart,
+                        "these sections changed too and take effect only at a restart"
+                    );
+                }
+                metrics.tuning_reloaded(true);
+                Some(*tuning)
+            }
+            Reload::Refused(error) => {
+                tracing::error!(
+                    file = %path,
+                    %error,
+                    "tuning reload refused; the running rules stay"
+                );
+                metrics.tuning_reloaded(false);
+                None
+            }
+        }
+    }
 }
 
 impl<'c> Pipeline<'c> {
@@ -237,18 +283,13 @@ impl<'c> Pipeline<'c> {
     ) -> Result<(), PipelineError> {
         let interval = self.config.state.checkpoint_interval;
         let mut last_end_check = Instant::now();
-        let mut rules = options
-            .reload
-            .as_ref()
-            .map(|reload| (RulesFile::new(&reload.config_file), reload, Instant::now()));
+        let mut rules = options.reload.as_ref().map(TuningWatch::new);
         while !shutdown.load(Ordering::Relaxed) {
-            if let Some((file, reload, last_poll)) = &mut rules {
-                let poll = self.config.reload.poll_interval;
-                let forced = reload.requested.swap(false, Ordering::Relaxed);
-                if forced || (!poll.is_zero() && last_poll.elapsed() >= poll) {
-                    *last_poll = Instant::now();
-                    self.reload_tuning(file, forced);
-                }
+            let reloaded = rules
+                .as_mut()
+                .and_then(|rules| rules.poll(self.config, &self.metrics));
+            if let Some(tuning) = reloaded {
+                self.engine.set_tuning(tuning);
             }
             let handled = self.poll_batch()?;
             self.apply_assignment_changes();
@@ -271,46 +312,6 @@ impl<'c> Pipeline<'c> {
             }
         }
         Ok(())
-    }
-
-    /// Takes the tuning from the config file if it changed (or `forced`),
-    /// from the next window closed on; a file that does not load is
-    /// refused and the running tuning stays.
-    fn reload_tuning(&mut self, file: &mut RulesFile, forced: bool) {
-        let path = file.path().display().to_string();
-        match file.reload(forced, self.config) {
-            Reload::Unchanged => {}
-            Reload::Loaded {
-                tuning,
-                needs_restart,
-            } => {
-                tracing::info!(
-                    file = %path,
-                    suppress_rules = tuning.suppression.len(),
-                    overrides = tuning.overrides.len(),
-                    throttle_secs = tuning.throttle_secs,
-                    max_alert_age_secs = tuning.max_alert_age_secs,
-                    "tuning reloaded; applies from the next window closed"
-                );
-                if !needs_restart.is_empty() {
-                    tracing::warn!(
-                        file = %path,
-                        sections = ?needs_restart,
-                        "these sections changed too and take effect only at a restart"
-                    );
-                }
-                self.engine.set_tuning(*tuning);
-                self.metrics.tuning_reloaded(true);
-            }
-            Reload::Refused(error) => {
-                tracing::error!(
-                    file = %path,
-                    %error,
-                    "tuning reload refused; the running rules stay"
-                );
-                self.metrics.tuning_reloaded(false);
-            }
-        }
     }
 
     /// Publishes event-time progress and readiness, at most once a second.
@@ -382,18 +383,21 @@ impl<'c> Pipeline<'c> {
     fn drain_deliveries(&mut self) -> Result<(), PipelineError> {
         while let Ok((what, outcome)) = self.deliveries.try_recv() {
             match (what, outcome) {
-                (Delivered::Alert(seq), Ok(())) => {
+                (Delivered::Alert(seq), Ok(_)) => {
                     tracing::debug!(seq, "alert acknowledged by the broker");
                     self.store.acknowledge(seq)?;
                     self.metrics.alert_produced();
                 }
-                (Delivered::DeadLetter, Ok(())) => {}
+                (Delivered::DeadLetter, Ok(_)) => {}
                 (Delivered::Alert(seq), Err(error)) => {
                     return Err(PipelineError::AlertFailed { seq, error })
                 }
                 (Delivered::DeadLetter, Err(error)) => {
                     return Err(PipelineError::DeadLetterFailed(error))
                 }
+                // Only the transactional producer of a scaled-out instance
+                // writes these.
+                (Delivered::Changelog(_) | Delivered::InTransaction, _) => {}
             }
         }
         Ok(())

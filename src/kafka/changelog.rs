@@ -1,0 +1,276 @@
+//! Scaled out: the internal topics, and a partition's state restored from
+//! its changelog.
+//!
+//! `<group_id>-repartition` carries the calls re-keyed by ARN
+//! ([`super::repartition`]); `<group_id>-changelog`, compacted, carries
+//! every write of every partition's state, keyed by the store's own key,
+//! with a tombstone for a removal. Both have `scale_out.partitions`
+//! partitions, and partition `p` of the changelog holds the state of
+//! partition `p` of the repartition topic.
+//!
+//! The changelog is the state's durable copy; the local sled tree is a
+//! cache of it that knows how far into the changelog it is. Writes reach
+//! the tree only after the transaction that wrote them to the changelog
+//! committed, so a tree is never ahead of the changelog, and catching up
+//! is reading from where the tree stopped. Reading again from an earlier
+//! offset is harmless too: the same writes in the same order end in the
+//! same state.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Offset;
+
+use crate::config::Config;
+use crate::store::{StateStore, StoreError, Write};
+
+use super::{client_config, consumer_config, require};
+
+/// Longest wait for the broker while creating topics or restoring.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The names of the internal topics of `config`'s group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalTopics {
+    pub repartition: String,
+    pub changelog: String,
+}
+
+impl InternalTopics {
+    pub fn of(config: &Config) -> InternalTopics {
+        let group = &config.kafka.group_id;
+        InternalTopics {
+            repartition: format!("{group}-repartition"),
+            changelog: format!("{group}-changelog"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("kafka: {operation} failed: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error(
+        "topic {topic} has {found} partitions but scale_out.partitions is {configured}; \
+         set scale_out.partitions = {found}, or use a new kafka.group_id (the internal \
+         topics cannot be repartitioned in place: each partition's state is keyed to it)"
+    )]
+    PartitionCount {
+        topic: String,
+        found: i32,
+        configured: i32,
+    },
+    #[error("cannot start a runtime for the admin client: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(
+        "no changelog topic {0}: nothing has run with scale_out.enabled and this \
+         kafka.group_id"
+    )]
+    NoChangelog(String),
+    #[error("restoring partition {partition}: {source}")]
+    Store {
+        partition: i32,
+        #[source]
+        source: StoreError,
+    },
+}
+
+fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
+    move |source| ChangelogError::Kafka { operation, source }
+}
+
+/// Creates the internal topics unless they exist, and checks that they
+/// have `scale_out.partitions` partitions.
+pub fn ensure_topics(config: &Config) -> Result<InternalTopics, ChangelogError> {
+    let topics = InternalTopics::of(config);
+    let scale_out = &config.scale_out;
+    let admin: AdminClient<DefaultClientContext> = client_config(&config.kafka)
+        .create()
+        .map_err(kafka("creating an admin client"))?;
+    let replication = || TopicReplication::Fixed(scale_out.replication_factor);
+    let new_topics = [
+        NewTopic::new(&topics.repartition, scale_out.partitions, replication()),
+        NewTopic::new(&topics.changelog, scale_out.partitions, replication())
+            .set("cleanup.policy", "compact"),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT));
+    // The admin client answers with futures; this runs in the pipeline's
+    // blocking thread, which has no executor of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ChangelogError::Runtime)?;
+    let results = runtime
+        .block_on(admin.create_topics(&new_topics, &options))
+        .map_err(kafka("creating the internal topics"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "internal topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::error!(topic, error = %code, "cannot create an internal topic");
+                return Err(kafka("creating the internal topics")(KafkaError::AdminOp(
+                    code,
+                )));
+            }
+        }
+    }
+    for topic in [&topics.repartition, &topics.changelog] {
+        let found = partition_count(admin.inner(), topic)?;
+        if found != scale_out.partitions {
+            return Err(ChangelogError::PartitionCount {
+                topic: topic.clone(),
+                found,
+                configured: scale_out.partitions,
+            });
+        }
+    }
+    Ok(topics)
+}
+
+fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, ChangelogError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), BROKER_TIMEOUT)
+        .map_err(kafka("reading internal topic metadata"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
+/// What a restore did, for its log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Where reading started: where the local tree had stopped, or the
+    /// start of the changelog.
+    pub from_offset: i64,
+    pub writes: u64,
+    /// The local tree was dropped first: it was ahead of the changelog
+    /// (the topic was recreated) or behind its start (compacted away).
+    pub cleared: bool,
+}
+
+/// Brings `store`, partition `partition`'s tree, up to the end of its
+/// changelog partition, as far as committed transactions go.
+pub fn restore(
+    config: &Config,
+    topics: &InternalTopics,
+    partition: i32,
+    store: &StateStore,
+) -> Result<Restored, ChangelogError> {
+    let store_error = |source| ChangelogError::Store { partition, source };
+    let mut consumer_config = consumer_config(&config.kafka);
+    require(
+        &mut consumer_config,
+        &[
+            ("group.id", &format!("{}-restore", config.kafka.group_id)),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            // Writes of aborted transactions never happened.
+            ("isolation.level", "read_committed"),
+        ],
+    );
+    let consumer: BaseConsumer = consumer_config
+        .create()
+        .map_err(kafka("creating the restore consumer"))?;
+    let topic = topics.changelog.as_str();
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
+        .map_err(kafka("reading changelog offsets"))?;
+    let local = store.changelog_next().map_err(store_error)?;
+    let cleared = local.is_some_and(|next| next < low || next > high);
+    if cleared {
+        store.clear().map_err(store_error)?;
+    }
+    let from_offset = match local {
+        Some(next) if !cleared => next,
+        _ => low,
+    };
+    let mut restored = Restored {
+        from_offset,
+        writes: 0,
+        cleared,
+    };
+    if from_offset >= high {
+        return Ok(restored);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(from_offset))
+        .map_err(kafka("assigning the changelog"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka("assigning the changelog"))?;
+    let (writes, next) = read_to_end(&consumer, from_offset)?;
+    restored.writes = writes.len() as u64;
+    store.apply_changelog(writes, next).map_err(store_error)?;
+    Ok(restored)
+}
+
+/// Every write from the assigned changelog partition up to its end (for a
+/// read_committed reader, the first offset of a transaction still open),
+/// and the offset after the last one read.
+fn read_to_end(
+    consumer: &BaseConsumer,
+    from_offset: i64,
+) -> Result<(Vec<Write>, i64), ChangelogError> {
+    let mut writes = Vec::new();
+    let mut next = from_offset;
+    let mut deadline = Instant::now() + BROKER_TIMEOUT;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None if Instant::now() >= deadline => {
+                return Err(kafka("reading the changelog")(
+                    KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
+                ))
+            }
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok((writes, next)),
+            Some(Err(error)) => return Err(kafka("reading the changelog")(error)),
+            Some(Ok(message)) => {
+                // Only a reader that makes no progress times out.
+                deadline = Instant::now() + BROKER_TIMEOUT;
+                next = message.offset() + 1;
+                if let Some(key) = message.key() {
+                    writes.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+                }
+            }
+        }
+    }
+}
+
+/// Reads every partition of the changelog into temporary stores, one per
+/// partition: the whole deployment's state as committed, for
+/// `baseline export --from-kafka`.
+pub fn read_all(config: &Config) -> Result<Vec<StateStore>, ChangelogError> {
+    let topics = InternalTopics::of(config);
+    let consumer: BaseConsumer = consumer_config(&config.kafka)
+        .create()
+        .map_err(kafka("creating a changelog reader"))?;
+    let partitions = partition_count(consumer.client(), &topics.changelog)?;
+    if partitions == 0 {
+        return Err(ChangelogError::NoChangelog(topics.changelog));
+    }
+    let mut stores = Vec::new();
+    for partition in 0..partitions {
+        let store = StateStore::temporary()
+            .map_err(|source| ChangelogError::Store { partition, source })?;
+        restore(config, &topics, partition, &store)?;
+        stores.push(store);
+    }
+    Ok(stores)
+}
