@@ -141,6 +141,7 @@ pub fn run(
         deliveries,
         repartitioner: Repartitioner::new(Intake::new(config, metrics.clone())),
         tasks: BTreeMap::new(),
+        input_partitions: 0,
         positions: BTreeMap::new(),
         changelog_next: FastMap::default(),
         in_transaction: false,
@@ -150,6 +151,7 @@ pub fn run(
         failed: None,
     }));
     let consumer = create_consumer(config, &topics, instance.clone())?;
+    lock(&instance).input_partitions = input_partitions(&consumer, config)?;
     health.state_loaded.store(true, Ordering::Relaxed);
     health.broker_reachable.store(true, Ordering::Relaxed);
     let mut rules = options.reload.as_ref().map(TuningWatch::new);
@@ -225,6 +227,24 @@ fn poll_batch(
         timeout = Duration::ZERO;
     }
     Ok(())
+}
+
+/// The input topic's partition count, before the first rebalance needs it.
+fn input_partitions(
+    consumer: &BaseConsumer<ScaledContext>,
+    config: &Config,
+) -> Result<i32, ScaledError> {
+    let topic = config.kafka.input_topic.as_str();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TRANSACTION_TIMEOUT)
+        .map_err(kafka("reading the input topic's metadata"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    tracing::info!(topic, partitions, "input topic");
+    Ok(partitions)
 }
 
 /// This state directory's instance id, made once: the transactional id
@@ -303,6 +323,8 @@ struct Instance {
     deliveries: Receiver<Delivery>,
     repartitioner: Repartitioner,
     tasks: BTreeMap<i32, Task>,
+    /// Partitions of the input topic, each of which a task waits for.
+    input_partitions: i32,
     /// The tuning in force, for tasks assigned after a reload.
     tuning: Tuning,
     /// The next offset of each partition consumed, committed with each
@@ -639,7 +661,15 @@ impl Instance {
         let mut engine = Engine::new(&self.config, self.metrics.clone())?;
         engine.set_tuning(self.tuning.clone());
         engine.spill_to(&store)?;
-        engine.restore(&store, now_ms())?;
+        let now = now_ms();
+        engine.restore(&store, now)?;
+        // Every input partition holds the task's watermark until it has
+        // delivered (a record or a marker) or gone idle, as SPEC.md
+        // section 2 asks: one heard from first must not close windows
+        // that the others' records still fall in.
+        for source in 0..self.input_partitions {
+            engine.windows_mut().add_source(source, now);
+        }
         tracing::info!(
             partition,
             from_offset = restored.from_offset,
