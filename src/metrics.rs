@@ -53,6 +53,26 @@ pub struct Metrics {
     pub baselines_expired: IntCounter,
     pub tuning_reloads: IntCounterVec,
     pub tuning_reload_failing: IntGauge,
+    pub partition_tasks: IntGauge,
+    pub state_restores: IntCounter,
+    pub state_restore_writes: IntCounter,
+    pub transactions: IntCounterVec,
+}
+
+/// What restoring one partition's state from its changelog did.
+#[derive(Debug, Clone, Copy)]
+pub struct StateRestore {
+    pub partition: i32,
+    /// Where reading the changelog started.
+    pub from_offset: i64,
+    pub writes: u64,
+    /// The local copy was dropped first (the changelog was recreated or
+    /// compacted past it).
+    pub cleared: bool,
+    pub baselines: u64,
+    pub open_window_arns: usize,
+    pub watermark: i64,
+    pub seconds: f64,
 }
 
 impl Metrics {
@@ -195,6 +215,24 @@ impl Metrics {
                 "trailspike_baseline_updates_skipped_total",
                 "ARN windows not applied because the baseline already includes them",
             ),
+            partition_tasks: gauge(
+                "trailspike_partition_tasks",
+                "Partitions of the repartition topic this instance detects on (scale_out)",
+            ),
+            state_restores: counter(
+                "trailspike_state_restores_total",
+                "Partitions whose state was restored from the changelog before processing (scale_out)",
+            ),
+            state_restore_writes: counter(
+                "trailspike_state_restore_writes_total",
+                "Changelog writes applied while restoring partitions (scale_out)",
+            ),
+            transactions: counter_vec(
+                "trailspike_transactions_total",
+                "Kafka transactions ended, by result (scale_out)",
+                "result",
+                &["committed", "aborted"],
+            ),
             registry,
         };
         metrics.register_all();
@@ -202,7 +240,11 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 32] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 36] = [
+            Box::new(self.partition_tasks.clone()),
+            Box::new(self.state_restores.clone()),
+            Box::new(self.state_restore_writes.clone()),
+            Box::new(self.transactions.clone()),
             Box::new(self.tuning_reloads.clone()),
             Box::new(self.tuning_reload_failing.clone()),
             Box::new(self.baselines_expired.clone()),
@@ -283,6 +325,30 @@ impl Metrics {
         let result = if loaded { "loaded" } else { "refused" };
         self.tuning_reloads.with_label_values(&[result]).inc();
         self.tuning_reload_failing.set(i64::from(!loaded));
+    }
+
+    /// A partition's state was brought up to its changelog's end.
+    pub fn state_restored(&self, restore: &StateRestore) {
+        self.state_restores.inc();
+        self.state_restore_writes.inc_by(restore.writes);
+        tracing::info!(
+            partition = restore.partition,
+            from_offset = restore.from_offset,
+            changelog_writes = restore.writes,
+            cleared = restore.cleared,
+            baselines = restore.baselines,
+            open_window_arns = restore.open_window_arns,
+            watermark = restore.watermark,
+            seconds = restore.seconds,
+            "state restored"
+        );
+    }
+
+    /// A transaction committed, or was aborted (its work is redone by
+    /// whoever owns its partitions next).
+    pub fn transaction_ended(&self, committed: bool) {
+        let result = if committed { "committed" } else { "aborted" };
+        self.transactions.with_label_values(&[result]).inc();
     }
 
     /// An alert reached its destination (the alerts topic, or stdout).

@@ -46,13 +46,14 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{DeadLetter, Engine, Intake};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateRestore};
 use crate::store::{Prepared, StateStore, StoreError};
 use crate::tuning::Tuning;
 use crate::window::FastMap;
@@ -64,6 +65,7 @@ use super::sink::{
     self, Delivered, Delivery, Outgoing, Sink, SourceRef, HEADER_OFFSET,
     HEADER_PARTITION, HEADER_PROGRESS, HEADER_RECORD_INDEX,
 };
+use super::source::report_consumer_lag;
 use super::{consumer_config, default_to, now_ms, require, KafkaOrigin};
 
 /// Most messages handled between two looks at signals and timers.
@@ -150,7 +152,7 @@ pub fn run(
         metrics: metrics.clone(),
         failed: None,
     }));
-    let consumer = create_consumer(config, &topics, instance.clone())?;
+    let consumer = create_consumer(config, &topics, instance.clone(), metrics.clone())?;
     lock(&instance).input_partitions = input_partitions(&consumer, config)?;
     health.state_loaded.store(true, Ordering::Relaxed);
     health.broker_reachable.store(true, Ordering::Relaxed);
@@ -264,6 +266,7 @@ fn create_consumer(
     config: &Config,
     topics: &InternalTopics,
     instance: Arc<Mutex<Instance>>,
+    metrics: Arc<Metrics>,
 ) -> Result<BaseConsumer<ScaledContext>, ScaledError> {
     let kafka_config = &config.kafka;
     let mut client = consumer_config(kafka_config);
@@ -274,6 +277,8 @@ fn create_consumer(
             // Unaffected partitions keep working through a rebalance.
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("fetch.queue.backoff.ms", "10"),
+            // Lets /metrics report consumer lag per input partition.
+            ("statistics.interval.ms", "5000"),
         ],
     );
     require(
@@ -291,6 +296,7 @@ fn create_consumer(
         input_topic: kafka_config.input_topic.clone(),
         repartition_topic: topics.repartition.clone(),
         instance,
+        metrics,
     };
     let consumer: BaseConsumer<ScaledContext> = client
         .create_with_context(context)
@@ -627,6 +633,7 @@ impl Instance {
             }
         }
         self.in_transaction = false;
+        self.metrics.transaction_ended(true);
         Ok(())
     }
 
@@ -670,17 +677,16 @@ impl Instance {
         for source in 0..self.input_partitions {
             engine.windows_mut().add_source(source, now);
         }
-        tracing::info!(
+        self.metrics.state_restored(&StateRestore {
             partition,
-            from_offset = restored.from_offset,
-            changelog_writes = restored.writes,
-            cleared = restored.cleared,
-            baselines = store.baseline_count(),
-            open_window_arns = engine.windows().open_arn_windows(),
-            watermark = engine.windows().watermark(),
-            seconds = started.elapsed().as_secs_f64(),
-            "state restored"
-        );
+            from_offset: restored.from_offset,
+            writes: restored.writes,
+            cleared: restored.cleared,
+            baselines: store.baseline_count(),
+            open_window_arns: engine.windows().open_arn_windows(),
+            watermark: engine.windows().watermark(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
         Ok(Task { engine, store })
     }
 
@@ -708,6 +714,7 @@ impl Instance {
                 tracing::error!(%error, "aborting the transaction failed");
             }
             self.in_transaction = false;
+            self.metrics.transaction_ended(false);
         }
         self.since_commit = 0;
         self.revoke(partitions);
@@ -730,6 +737,7 @@ impl Instance {
         if let Some(task) = slowest {
             task.engine.report_progress(now_unix);
         }
+        self.metrics.partition_tasks.set(self.tasks.len() as i64);
         let assigned = consumer
             .assignment()
             .is_ok_and(|assignment| assignment.count() > 0);
@@ -795,6 +803,7 @@ struct ScaledContext {
     input_topic: String,
     repartition_topic: String,
     instance: Arc<Mutex<Instance>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ScaledContext {
@@ -846,6 +855,12 @@ impl ScaledContext {
 impl ClientContext for ScaledContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka consumer error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        // librdkafka reports only partitions it fetches, which are the
+        // assigned ones.
+        report_consumer_lag(&self.metrics, &statistics, &self.input_topic, |_| true);
     }
 }
 

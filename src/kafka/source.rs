@@ -145,19 +145,10 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
         let assigned = self.assigned();
-        for (partition, stats) in &topic.partitions {
-            // librdkafka reports -1 until it knows both ends.
-            if assigned.contains(partition) && stats.consumer_lag >= 0 {
-                self.metrics
-                    .consumer_lag_messages
-                    .with_label_values(&[&partition.to_string()])
-                    .set(stats.consumer_lag);
-            }
-        }
+        report_consumer_lag(&self.metrics, &statistics, &self.topic, |partition| {
+            assigned.contains(&partition)
+        });
     }
 }
 
@@ -203,6 +194,28 @@ impl ConsumerContext for SourceContext {
         };
         if let Err(error) = result {
             tracing::error!(%error, "applying the assignment failed");
+        }
+    }
+}
+
+/// Publishes the consumer lag of `topic`'s partitions that `assigned`
+/// accepts, from librdkafka's statistics.
+pub fn report_consumer_lag(
+    metrics: &Metrics,
+    statistics: &Statistics,
+    topic: &str,
+    assigned: impl Fn(SourceId) -> bool,
+) {
+    let Some(topic) = statistics.topics.get(topic) else {
+        return;
+    };
+    for (&partition, stats) in &topic.partitions {
+        // librdkafka reports -1 until it knows both ends.
+        if assigned(partition) && stats.consumer_lag >= 0 {
+            metrics
+                .consumer_lag_messages
+                .with_label_values(&[&partition.to_string()])
+                .set(stats.consumer_lag);
         }
     }
 }
