@@ -49,9 +49,9 @@ const INCIDENT: u8 = b'i';
 const WATERMARK_KEY: &[u8] = b"mwatermark";
 const BASELINE_COUNT_KEY: &[u8] = b"mbaseline_count";
 const FORMAT_KEY: &[u8] = b"mformat";
-/// The changelog offset after the last write this tree holds; local, so
+/// Where the tree is in its changelog ([`ChangelogPosition`]); local, so
 /// never itself in the changelog.
-const CHANGELOG_NEXT_KEY: &[u8] = b"mchangelog_next";
+const CHANGELOG_POSITION_KEY: &[u8] = b"mchangelog_position";
 /// Tree names of the partitions of a scaled-out store.
 const PARTITION_TREE_PREFIX: &str = "partition-";
 /// Version of the value layouts. 1 (no key) held open windows without
@@ -120,6 +120,18 @@ pub struct Prepared {
     /// Alerts the checkpoint made, in order; they are not in `writes`.
     pub alerts: Vec<OutboxEntry>,
     baseline_count: u64,
+}
+
+/// How far into its changelog a scaled-out partition's tree is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangelogPosition {
+    /// The offset after the last write the tree holds (at most: reading
+    /// from an earlier offset again is harmless).
+    pub next: i64,
+    /// Wall-clock milliseconds when it was last brought up to date: a
+    /// tree idle past the changelog's `delete.retention.ms` may have
+    /// missed tombstones that compaction dropped meanwhile.
+    pub synced_ms: i64,
 }
 
 /// How far a source has been processed.
@@ -452,12 +464,12 @@ impl StateStore {
     }
 
     /// Applies a prepared checkpoint at once and waits until it is on
-    /// disk; `changelog_next`, when given, records how far into the
-    /// changelog the tree now is.
+    /// disk; `changelog`, when given, records how far into the changelog
+    /// the tree now is.
     pub fn apply(
         &self,
         prepared: Prepared,
-        changelog_next: Option<i64>,
+        changelog: Option<ChangelogPosition>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (key, value) in prepared.writes {
@@ -466,8 +478,8 @@ impl StateStore {
                 None => batch.remove(key),
             }
         }
-        if let Some(next) = changelog_next {
-            batch.insert(CHANGELOG_NEXT_KEY, encode(&next));
+        if let Some(position) = changelog {
+            batch.insert(CHANGELOG_POSITION_KEY, encode(&position));
         }
         self.tree.apply_batch(batch)?;
         self.baseline_count
@@ -475,20 +487,20 @@ impl StateStore {
         self.flush()
     }
 
-    /// The changelog offset after the last write this tree holds.
-    pub fn changelog_next(&self) -> Result<Option<i64>, StoreError> {
+    /// Where the tree is in its changelog, if it has ever been synced.
+    pub fn changelog_position(&self) -> Result<Option<ChangelogPosition>, StoreError> {
         self.tree
-            .get(CHANGELOG_NEXT_KEY)?
-            .map(|bytes| decode(&bytes, CHANGELOG_NEXT_KEY))
+            .get(CHANGELOG_POSITION_KEY)?
+            .map(|bytes| decode(&bytes, CHANGELOG_POSITION_KEY))
             .transpose()
     }
 
     /// Applies writes read from the changelog, in batches as an import,
-    /// then records `next` as the changelog offset after them.
+    /// then records `position`, the changelog's after them.
     pub fn apply_changelog(
         &self,
         writes: impl IntoIterator<Item = Write>,
-        next: i64,
+        position: ChangelogPosition,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
@@ -503,7 +515,7 @@ impl StateStore {
                 in_batch = 0;
             }
         }
-        batch.insert(CHANGELOG_NEXT_KEY, encode(&next));
+        batch.insert(CHANGELOG_POSITION_KEY, encode(&position));
         self.tree.apply_batch(batch)?;
         let count = match self.tree.get(BASELINE_COUNT_KEY)? {
             Some(bytes) => decode(&bytes, BASELINE_COUNT_KEY)?,

@@ -11,7 +11,14 @@ use trailspike::config::Config;
 use trailspike::engine::{DeadLetter, Engine};
 use trailspike::generate::{self, GenerateArgs};
 use trailspike::metrics::Metrics;
-use trailspike::store::{self, StateStore, Write};
+use trailspike::store::{self, ChangelogPosition, StateStore, Write};
+
+fn at(next: usize) -> ChangelogPosition {
+    ChangelogPosition {
+        next: next as i64,
+        synced_ms: 0,
+    }
+}
 
 /// A day and a half of 40 ARNs with two spikes, and how a run of it
 /// checkpointed: every checkpoint's writes in order, the alerts, and the
@@ -107,11 +114,11 @@ fn a_store_restored_from_every_checkpoints_writes_equals_the_store_that_wrote_th
     assert!(run.changelog.len() > 10, "several checkpoints");
     let restored = StateStore::temporary().unwrap();
     let writes: Vec<Write> = run.changelog.iter().flatten().cloned().collect();
-    let next = writes.len() as i64;
-    restored.apply_changelog(writes, next).unwrap();
+    let next = writes.len();
+    restored.apply_changelog(writes, at(next)).unwrap();
     assert!(run.store.baseline_count() > 30);
     assert_eq!(contents(&restored), contents(&run.store));
-    assert_eq!(restored.changelog_next().unwrap(), Some(next));
+    assert_eq!(restored.changelog_position().unwrap(), Some(at(next)));
 }
 
 #[test]
@@ -120,7 +127,7 @@ fn a_copy_that_stopped_part_way_catches_up_from_where_it_stopped() {
     let middle = run.changelog.len() / 2;
     let copy = StateStore::temporary().unwrap();
     let first: Vec<Write> = run.changelog[..middle].concat();
-    copy.apply_changelog(first, middle as i64).unwrap();
+    copy.apply_changelog(first, at(middle)).unwrap();
     assert_ne!(
         contents(&copy),
         contents(&run.store),
@@ -128,8 +135,7 @@ fn a_copy_that_stopped_part_way_catches_up_from_where_it_stopped() {
     );
     // Reading again from before where the copy stopped is harmless.
     let rest: Vec<Write> = run.changelog[middle - 1..].concat();
-    copy.apply_changelog(rest, run.changelog.len() as i64)
-        .unwrap();
+    copy.apply_changelog(rest, at(run.changelog.len())).unwrap();
     assert_eq!(contents(&copy), contents(&run.store));
 }
 
@@ -137,10 +143,11 @@ fn a_copy_that_stopped_part_way_catches_up_from_where_it_stopped() {
 fn a_cleared_copy_restores_whole_again() {
     let run = run_with_checkpoints(900);
     let copy = StateStore::temporary().unwrap();
-    copy.apply_changelog(run.changelog[0].clone(), 1).unwrap();
+    copy.apply_changelog(run.changelog[0].clone(), at(1))
+        .unwrap();
     copy.clear().unwrap();
     assert_eq!(copy.baseline_count(), 0);
     assert!(copy.open_windows().unwrap().is_empty());
-    copy.apply_changelog(run.changelog.concat(), 5).unwrap();
+    copy.apply_changelog(run.changelog.concat(), at(5)).unwrap();
     assert_eq!(contents(&copy), contents(&run.store));
 }

@@ -28,12 +28,17 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Offset;
 
 use crate::config::Config;
-use crate::store::{StateStore, StoreError, Write};
+use crate::store::{ChangelogPosition, StateStore, StoreError, Write};
 
 use super::{client_config, consumer_config, require};
 
 /// Longest wait for the broker while creating topics or restoring.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long compaction keeps a tombstone on the changelog (set at
+/// creation), in milliseconds: a tree last synced longer ago than
+/// [`MAX_TREE_IDLE_MS`] may have missed a deletion, and restores whole.
+const DELETE_RETENTION_MS: &str = "86400000";
+const MAX_TREE_IDLE_MS: i64 = 12 * 3600 * 1000;
 
 /// The names of the internal topics of `config`'s group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +106,8 @@ pub fn ensure_topics(config: &Config) -> Result<InternalTopics, ChangelogError> 
     let new_topics = [
         NewTopic::new(&topics.repartition, scale_out.partitions, replication()),
         NewTopic::new(&topics.changelog, scale_out.partitions, replication())
-            .set("cleanup.policy", "compact"),
+            .set("cleanup.policy", "compact")
+            .set("delete.retention.ms", DELETE_RETENTION_MS),
     ];
     let options = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT));
     // The admin client answers with futures; this runs in the pipeline's
@@ -160,7 +166,8 @@ pub struct Restored {
     pub from_offset: i64,
     pub writes: u64,
     /// The local tree was dropped first: it was ahead of the changelog
-    /// (the topic was recreated) or behind its start (compacted away).
+    /// (the topic was recreated), behind its start (compacted away), or
+    /// idle long enough to have missed a compacted tombstone.
     pub cleared: bool,
 }
 
@@ -191,13 +198,16 @@ pub fn restore(
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
         .map_err(kafka("reading changelog offsets"))?;
-    let local = store.changelog_next().map_err(store_error)?;
-    let cleared = local.is_some_and(|next| next < low || next > high);
+    let local = store.changelog_position().map_err(store_error)?;
+    let now = super::now_ms();
+    let cleared = local.is_some_and(|at| {
+        at.next < low || at.next > high || now - at.synced_ms > MAX_TREE_IDLE_MS
+    });
     if cleared {
         store.clear().map_err(store_error)?;
     }
     let from_offset = match local {
-        Some(next) if !cleared => next,
+        Some(at) if !cleared => at.next,
         _ => low,
     };
     let mut restored = Restored {
@@ -206,6 +216,13 @@ pub fn restore(
         cleared,
     };
     if from_offset >= high {
+        let position = ChangelogPosition {
+            next: from_offset,
+            synced_ms: now,
+        };
+        store
+            .apply_changelog(Vec::new(), position)
+            .map_err(store_error)?;
         return Ok(restored);
     }
     let mut assignment = TopicPartitionList::new();
@@ -217,7 +234,13 @@ pub fn restore(
         .map_err(kafka("assigning the changelog"))?;
     let (writes, next) = read_to_end(&consumer, from_offset)?;
     restored.writes = writes.len() as u64;
-    store.apply_changelog(writes, next).map_err(store_error)?;
+    let position = ChangelogPosition {
+        next,
+        synced_ms: now,
+    };
+    store
+        .apply_changelog(writes, position)
+        .map_err(store_error)?;
     Ok(restored)
 }
 

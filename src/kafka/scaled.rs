@@ -54,7 +54,7 @@ use rdkafka::{ClientContext, Offset};
 use crate::config::{Config, ConfigError};
 use crate::engine::{DeadLetter, Engine, Intake};
 use crate::metrics::{Metrics, StateRestore};
-use crate::store::{Prepared, StateStore, StoreError};
+use crate::store::{ChangelogPosition, Prepared, StateStore, StoreError};
 use crate::tuning::Tuning;
 use crate::window::FastMap;
 
@@ -526,8 +526,14 @@ impl Instance {
         for (partition, prepared) in prepared {
             alerts += prepared.alerts.len();
             if let Some(task) = self.tasks.get(&partition) {
-                let next = self.changelog_next.get(&partition).copied();
-                task.store.apply(prepared, next)?;
+                let position =
+                    self.changelog_next
+                        .get(&partition)
+                        .map(|&next| ChangelogPosition {
+                            next,
+                            synced_ms: now,
+                        });
+                task.store.apply(prepared, position)?;
             }
         }
         for _ in 0..alerts {
