@@ -75,6 +75,10 @@ impl Intake {
         }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Decodes one message and hands each record that passes to `accept`
     /// with its exact bytes. `arrival_unix` is when the message was
     /// written (the Kafka timestamp, or the wall clock for files): records

@@ -63,6 +63,7 @@ impl Repartitioner {
         forward: &mut dyn FnMut(Forward<'_>),
         dead_letter: &mut dyn FnMut(DeadLetter<'_>),
     ) {
+        self.intake.metrics().messages_consumed.inc();
         let clocks = &mut self.clocks;
         let mut accept = |passed: Passed<'_>| -> Refusal {
             let event_time = match &passed.screened {

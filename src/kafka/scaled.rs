@@ -150,6 +150,7 @@ pub fn run(
         since_commit: 0,
         last_commit: Instant::now(),
         metrics: metrics.clone(),
+        health: health.clone(),
         failed: None,
     }));
     let consumer = create_consumer(config, &topics, instance.clone(), metrics.clone())?;
@@ -344,6 +345,7 @@ struct Instance {
     since_commit: usize,
     last_commit: Instant,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// The first error of the rebalance callback, which cannot return it.
     failed: Option<ScaledError>,
 }
@@ -634,12 +636,14 @@ impl Instance {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(error)) if error.is_retriable() => {
                     tracing::warn!(%error, "transaction commit timed out; retrying");
+                    self.health.broker_reachable.store(false, Ordering::Relaxed);
                 }
                 Err(error) => return Err(kafka("committing a transaction")(error)),
             }
         }
         self.in_transaction = false;
         self.metrics.transaction_ended(true);
+        self.health.broker_reachable.store(true, Ordering::Relaxed);
         Ok(())
     }
 
