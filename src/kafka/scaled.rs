@@ -176,7 +176,7 @@ pub fn run(
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
-            instance.report_progress(&health, &consumer);
+            instance.report_progress(&consumer);
         }
     }
     stop(consumer, &instance)
@@ -738,7 +738,8 @@ impl Instance {
     }
 
     /// Publishes the lowest watermark over the tasks, and readiness.
-    fn report_progress(&self, health: &Health, consumer: &BaseConsumer<ScaledContext>) {
+    fn report_progress(&self, consumer: &BaseConsumer<ScaledContext>) {
+        let health = &self.health;
         let now_unix = now_ms() / 1000;
         let slowest = self
             .tasks
