@@ -244,7 +244,32 @@ impl KafkaConfig {
     pub fn producer_librdkafka_properties(&self) -> BTreeMap<String, String> {
         dotted(&self.producer_properties)
     }
+
+    /// `transaction.timeout.ms` of the scaled-out producer: the producer
+    /// properties', else the common ones', else trailspike's default.
+    pub fn transaction_timeout_ms(&self) -> Result<u64, ConfigError> {
+        let key = "transaction.timeout.ms";
+        let set = self
+            .producer_librdkafka_properties()
+            .remove(key)
+            .or_else(|| self.librdkafka_properties().remove(key));
+        match set {
+            None => Ok(DEFAULT_TRANSACTION_TIMEOUT_MS),
+            Some(text) => text.parse().map_err(|_| {
+                invalid(
+                    "kafka.producer_properties.\"transaction.timeout.ms\"",
+                    text,
+                    "must be a whole number of milliseconds",
+                )
+            }),
+        }
+    }
 }
+
+/// How long a transaction left open by a killed instance holds back
+/// read_committed readers of its partitions, as in Kafka Streams
+/// (librdkafka's own default is a minute).
+pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 fn dotted(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     properties
@@ -252,8 +277,6 @@ fn dotted(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .map(|(key, value)| (key.replace('_', "."), value.clone()))
         .collect()
 }
-
-impl KafkaConfig {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -450,8 +473,31 @@ impl Config {
         }
         self.kafka.validate()?;
         self.scale_out.validate()?;
+        if self.scale_out.enabled {
+            self.check_transaction_timeout()?;
+        }
         self.suppression()?;
         self.overrides()?;
+        Ok(())
+    }
+
+    /// Scaled out, a transaction stays open for a checkpoint interval; the
+    /// broker aborts one open past `transaction.timeout.ms`, which would
+    /// stop the instance, so the interval must leave room.
+    fn check_transaction_timeout(&self) -> Result<(), ConfigError> {
+        let timeout_ms = self.kafka.transaction_timeout_ms()?;
+        let interval_ms = self.state.checkpoint_interval.as_millis() as u64;
+        if interval_ms * 2 > timeout_ms {
+            return Err(invalid(
+                "state.checkpoint_interval",
+                humantime::format_duration(self.state.checkpoint_interval).to_string(),
+                format!(
+                    "with scale_out.enabled it must be at most half of the producer's \
+                     transaction.timeout.ms ({timeout_ms} ms): lower it, or raise \
+                     [kafka.producer_properties] \"transaction.timeout.ms\""
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -726,6 +772,26 @@ mod tests {
     fn missing_file_is_named() {
         let error = Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err();
         assert!(error.to_string().contains("/nonexistent/t.toml"), "{error}");
+    }
+
+    #[test]
+    fn scaled_out_checkpoints_must_fit_twice_in_the_transaction_timeout() {
+        let scaled =
+            "[scale_out]\nenabled = true\n[state]\ncheckpoint_interval = \"6s\"\n";
+        let error = Config::from_toml(scaled).unwrap_err().to_string();
+        assert!(error.contains("state.checkpoint_interval"), "{error}");
+        assert!(error.contains("10000 ms"), "{error}");
+        let raised = format!(
+            "{scaled}[kafka.producer_properties]\n\"transaction.timeout.ms\" = \"12000\"\n"
+        );
+        assert!(Config::from_toml(&raised).is_ok());
+        let single = "[state]\ncheckpoint_interval = \"6s\"\n";
+        assert!(Config::from_toml(single).is_ok(), "only scaled out");
+        let bad = format!(
+            "{scaled}[kafka.properties]\n\"transaction.timeout.ms\" = \"soon\"\n"
+        );
+        let error = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(error.contains("transaction.timeout.ms"), "{error}");
     }
 
     #[test]

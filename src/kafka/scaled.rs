@@ -828,10 +828,16 @@ impl ScaledContext {
             .collect()
     }
 
-    fn on_assign(&self, partitions: &[(String, i32)]) {
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
         let mut instance = lock(&self.instance);
         tracing::info!(?partitions, "partitions assigned");
-        if let Err(error) = instance.assign(partitions) {
+        // A restore can take longer than transaction.timeout.ms: what is
+        // pending is committed first, so no transaction waits on it.
+        let committed = match consumer.group_metadata() {
+            Some(group) => instance.commit(&group),
+            None => Err(ScaledError::NoGroupMetadata),
+        };
+        if let Err(error) = committed.and_then(|()| instance.assign(partitions)) {
             tracing::error!(%error, "restoring assigned partitions failed");
             instance.failed.get_or_insert(error);
         }
@@ -889,7 +895,7 @@ impl ConsumerContext for ScaledContext {
         let partitions = self.partitions(tpl);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.on_assign(&partitions);
+                self.on_assign(consumer, &partitions);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

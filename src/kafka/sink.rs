@@ -156,15 +156,8 @@ impl Sink {
         metrics: Arc<Metrics>,
     ) -> KafkaResult<(Sink, Receiver<Delivery>)> {
         let mut config = producer_config(kafka);
-        default_to(
-            &mut config,
-            &[
-                // How long a transaction left open by a killed instance
-                // holds back read_committed readers of its partitions, as
-                // in Kafka Streams (librdkafka's default is a minute).
-                ("transaction.timeout.ms", "10000"),
-            ],
-        );
+        let timeout = crate::config::DEFAULT_TRANSACTION_TIMEOUT_MS.to_string();
+        default_to(&mut config, &[("transaction.timeout.ms", timeout.as_str())]);
         require(
             &mut config,
             &[
