@@ -21,6 +21,7 @@ const RULES: &str = "dashboards/prometheus/trailspike.rules.yml";
 const RULE_TESTS: &str = "dashboards/prometheus/trailspike.rules.test.yml";
 const PROMETHEUS: &str = "dashboards/prometheus/prometheus.yml";
 const COMPOSE: &str = "docker-compose.yml";
+const COMPOSE_SCALED: &str = "docker-compose.scaled.yml";
 const SCHEMA: &str = "schemas/alert.schema.json";
 
 const INSTALL_HINT: &str =
@@ -55,8 +56,11 @@ fn python(script: &str, args: &[&Path], stdin: &[u8]) -> Output {
     )
 }
 
+/// `path` as JSON; Compose's `!reset` tag (an override that empties a
+/// key) reads as null.
 fn yaml(path: &str) -> Value {
     let script = "import json, sys, yaml\n\
+                  yaml.SafeLoader.add_constructor('!reset', lambda loader, node: None)\n\
                   json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)";
     let out = python(script, &[&repo(path)], b"");
     assert!(
@@ -302,7 +306,13 @@ fn prometheus_scrapes_the_compose_service_and_loads_the_rules() {
         job["job_name"], "trailspike",
         "the rules expect job=\"trailspike\""
     );
-    assert_eq!(job["static_configs"][0]["targets"][0], "trailspike:9464");
+    let discovery = &job["dns_sd_configs"][0];
+    assert_eq!(
+        discovery["names"][0], "trailspike",
+        "every replica of the compose service is scraped"
+    );
+    assert_eq!(discovery["type"], "A");
+    assert_eq!(discovery["port"], 9464);
 }
 
 fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
@@ -415,10 +425,51 @@ fn compose_bind_mounts_exist_in_the_repository() {
 /// config trailspike accepts, with the values compose means.
 #[test]
 fn compose_environment_is_a_config_trailspike_accepts() {
-    let compose = yaml(COMPOSE);
-    let environment = compose_service(&compose, "trailspike")["environment"]
+    let printed = check_compose_environment(&compose_environment(COMPOSE));
+    for expected in [
+        r#"bootstrap_servers = "kafka:9092""#,
+        r#"listen = "0.0.0.0:9464""#,
+        r#"dir = "/var/lib/trailspike""#,
+        r#"input_topic = "cloudtrail""#,
+    ] {
+        assert!(printed.contains(expected), "no {expected} in:\n{printed}");
+    }
+}
+
+/// The scaled-out override, merged over the compose file as `docker
+/// compose -f A -f B` merges environments, is a config trailspike accepts
+/// with scaling out on; and it drops the shared state volume and host
+/// port, which replicas cannot share.
+#[test]
+fn compose_scaled_override_scales_out_a_config_trailspike_accepts() {
+    let mut environment = compose_environment(COMPOSE);
+    environment.extend(compose_environment(COMPOSE_SCALED));
+    let printed = check_compose_environment(&environment);
+    for expected in [
+        "[scale_out]\nenabled = true\npartitions = 6\nreplication_factor = 1",
+        r#"group_id = "trailspike-scaled""#,
+        r#"bootstrap_servers = "kafka:9092""#,
+    ] {
+        assert!(printed.contains(expected), "no {expected} in:\n{printed}");
+    }
+    let scaled = yaml(COMPOSE_SCALED);
+    let service = compose_service(&scaled, "trailspike");
+    assert!(service["volumes"].is_null(), "volumes: !reset []");
+    assert!(service["ports"].is_null(), "ports: !reset []");
+}
+
+/// The trailspike service's environment in the compose file at `path`.
+fn compose_environment(path: &str) -> serde_json::Map<String, Value> {
+    let compose = yaml(path);
+    compose_service(&compose, "trailspike")["environment"]
         .as_object()
-        .expect("environment as a map");
+        .expect("environment as a map")
+        .clone()
+}
+
+/// Runs `check-config` with the shipped config file and `environment`;
+/// returns the effective config it printed.
+fn check_compose_environment(environment: &serde_json::Map<String, Value>) -> String {
     let mut command = Command::new(TRAILSPIKE);
     command
         .arg("check-config")
@@ -436,20 +487,12 @@ fn compose_environment_is_a_config_trailspike_accepts() {
         command.env(key, value);
     }
     let out = run(&mut command, b"");
-    let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "trailspike refuses the compose environment: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for expected in [
-        r#"bootstrap_servers = "kafka:9092""#,
-        r#"listen = "0.0.0.0:9464""#,
-        r#"dir = "/var/lib/trailspike""#,
-        r#"input_topic = "cloudtrail""#,
-    ] {
-        assert!(printed.contains(expected), "no {expected} in:\n{printed}");
-    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -3,8 +3,10 @@
 // schema validation, interpolation, normalization and consistency checks
 // (depends_on targets, named volumes). It needs no Docker engine, so
 // scripts/test can check docker-compose.yml on machines without one.
+// Further files are overrides, merged in order as `docker compose -f A -f
+// B` merges them.
 //
-//	go run . ../../docker-compose.yml
+//	go run . ../../docker-compose.yml [../../docker-compose.scaled.yml]
 package main
 
 import (
@@ -18,24 +20,29 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: compose-check COMPOSE_FILE")
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: compose-check COMPOSE_FILE [OVERRIDE_FILE...]")
 		os.Exit(2)
 	}
-	if err := check(os.Args[1]); err != nil {
-		fmt.Fprintf(os.Stderr, "compose-check: %s: %v\n", os.Args[1], err)
+	files := os.Args[1:]
+	if err := check(files); err != nil {
+		fmt.Fprintf(os.Stderr, "compose-check: %s: %v\n", strings.Join(files, " + "), err)
 		os.Exit(1)
 	}
 }
 
-func check(file string) error {
-	path, err := filepath.Abs(file)
-	if err != nil {
-		return err
+func check(files []string) error {
+	paths := make([]string, len(files))
+	for i, file := range files {
+		path, err := filepath.Abs(file)
+		if err != nil {
+			return err
+		}
+		paths[i] = path
 	}
 	options, err := cli.NewProjectOptions(
-		[]string{path},
-		cli.WithWorkingDirectory(filepath.Dir(path)),
+		paths,
+		cli.WithWorkingDirectory(filepath.Dir(paths[0])),
 		cli.WithInterpolation(true),
 		cli.WithNormalization(true),
 		cli.WithConsistency(true),
@@ -48,7 +55,7 @@ func check(file string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s: project %q, services: %s\n", file, project.Name,
-		strings.Join(project.ServiceNames(), ", "))
+	fmt.Printf("%s: project %q, services: %s\n", strings.Join(files, " + "),
+		project.Name, strings.Join(project.ServiceNames(), ", "))
 	return nil
 }
