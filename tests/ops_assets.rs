@@ -240,7 +240,7 @@ fn dashboard_shows_throughput_lag_bad_input_detection_state_and_process() {
     );
 }
 
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 11] = [
     "TrailspikeDown",
     "TrailspikeNotReady",
     "TrailspikeConsumerLagGrowing",
@@ -249,6 +249,8 @@ const ALERTS: [&str; 9] = [
     "TrailspikeWatermarkStalled",
     "TrailspikeCheckpointsDeferred",
     "TrailspikeTuningReloadRefused",
+    "TrailspikeTransactionsAborting",
+    "TrailspikePartitionsUnowned",
     "TrailspikeSpikeDetected",
 ];
 
