@@ -289,32 +289,50 @@ impl StateStore {
         if found == FORMAT {
             return Ok(());
         }
-        // In batches, as an import: sled's memory for one batch of a
-        // million baselines runs to gigabytes. Converting again after a
-        // crash half-way is harmless: a format 2 baseline read as format 1
-        // has no known APIs yet either.
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for entry in self
+        // Converting again after a crash half-way is harmless: a format 2
+        // baseline read as format 1 has no known APIs yet either. The
+        // format is written last.
+        let upgraded = self
             .tree
             .scan_prefix([WINDOW])
             .chain(self.tree.scan_prefix([BASELINE]))
-        {
-            let (k, v) = entry?;
-            let upgraded = match k.first() {
-                Some(&WINDOW) => encode(&decode::<WindowFormat1>(&v, &k)?.upgrade()),
-                _ => encode_baseline(&decode_baseline(&v, &k)?, &KnownApis::default()),
-            };
-            batch.insert(k, upgraded);
+            .map(|entry| {
+                let (k, v) = entry?;
+                let upgraded = match k.first() {
+                    Some(&WINDOW) => encode(&decode::<WindowFormat1>(&v, &k)?.upgrade()),
+                    _ => {
+                        encode_baseline(&decode_baseline(&v, &k)?, &KnownApis::default())
+                    }
+                };
+                Ok((k.to_vec(), Some(upgraded)))
+            });
+        let format = (FORMAT_KEY.to_vec(), Some(encode(&FORMAT)));
+        self.apply_in_batches(upgraded.chain([Ok(format)]))?;
+        self.flush()
+    }
+
+    /// Applies `writes` in order, in sled batches of [`IMPORT_BATCH_ROWS`]
+    /// (not atomically): sled's memory for one batch of a million
+    /// baselines runs to gigabytes.
+    fn apply_in_batches(
+        &self,
+        writes: impl IntoIterator<Item = Result<Write, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for write in writes {
+            match write? {
+                (key, Some(value)) => batch.insert(key, value),
+                (key, None) => batch.remove(key),
+            }
             in_batch += 1;
             if in_batch == IMPORT_BATCH_ROWS {
                 self.tree.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
             }
         }
-        batch.insert(FORMAT_KEY, encode(&FORMAT));
         self.tree.apply_batch(batch)?;
-        self.flush()
+        Ok(())
     }
 
     fn count_baselines(&self) -> Result<u64, StoreError> {
@@ -502,21 +520,8 @@ impl StateStore {
         writes: impl IntoIterator<Item = Write>,
         position: ChangelogPosition,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-            in_batch += 1;
-            if in_batch == IMPORT_BATCH_ROWS {
-                self.tree.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        batch.insert(CHANGELOG_POSITION_KEY, encode(&position));
-        self.tree.apply_batch(batch)?;
+        let position = (CHANGELOG_POSITION_KEY.to_vec(), Some(encode(&position)));
+        self.apply_in_batches(writes.into_iter().chain([position]).map(Ok))?;
         let count = match self.tree.get(BASELINE_COUNT_KEY)? {
             Some(bytes) => decode(&bytes, BASELINE_COUNT_KEY)?,
             None => self.count_baselines()?,
@@ -589,13 +594,11 @@ impl StateStore {
             ));
         }
         let rows = entries.len() as u64;
-        for chunk in entries.chunks(IMPORT_BATCH_ROWS) {
-            let mut batch = sled::Batch::default();
-            for (key, value) in chunk {
-                batch.insert(key.as_slice(), value.as_slice());
-            }
-            self.tree.apply_batch(batch)?;
-        }
+        self.apply_in_batches(
+            entries
+                .into_iter()
+                .map(|(key, value)| Ok((key, Some(value)))),
+        )?;
         let count = self.count_baselines()?;
         self.baseline_count.store(count, Ordering::Relaxed);
         self.flush()?;

@@ -27,7 +27,9 @@ pub mod source;
 
 use std::fmt;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
@@ -93,5 +95,31 @@ fn default_to(config: &mut ClientConfig, settings: &[(&str, &str)]) {
         if config.get(key).is_none() {
             config.set(*key, *value);
         }
+    }
+}
+
+/// What a rebalance asks of the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebalance {
+    Assign,
+    Revoke,
+}
+
+/// Hands a rebalance's partitions to librdkafka in the group's protocol:
+/// incrementally under cooperative rebalancing, whole otherwise.
+fn apply_rebalance<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    change: Rebalance,
+    tpl: &TopicPartitionList,
+) -> KafkaResult<()> {
+    let cooperative = matches!(
+        consumer.rebalance_protocol(),
+        RebalanceProtocol::Cooperative
+    );
+    match (change, cooperative) {
+        (Rebalance::Assign, true) => consumer.incremental_assign(tpl),
+        (Rebalance::Assign, false) => consumer.assign(tpl),
+        (Rebalance::Revoke, true) => consumer.incremental_unassign(tpl),
+        (Rebalance::Revoke, false) => consumer.unassign(),
     }
 }

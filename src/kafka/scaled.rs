@@ -41,9 +41,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::statistics::Statistics;
@@ -66,7 +64,9 @@ use super::sink::{
     HEADER_PARTITION, HEADER_PROGRESS, HEADER_RECORD_INDEX,
 };
 use super::source::report_consumer_lag;
-use super::{consumer_config, default_to, now_ms, require, KafkaOrigin};
+use super::{
+    apply_rebalance, consumer_config, default_to, now_ms, require, KafkaOrigin, Rebalance,
+};
 
 /// Most messages handled between two looks at signals and timers.
 const MAX_BATCH: usize = 2_000;
@@ -888,27 +888,15 @@ impl ConsumerContext for ScaledContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         let partitions = self.partitions(tpl);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.on_assign(consumer, &partitions);
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
+                apply_rebalance(consumer, Rebalance::Assign, tpl)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.on_revoke(consumer, &partitions);
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
+                apply_rebalance(consumer, Rebalance::Revoke, tpl)
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed; dropping the assignment");

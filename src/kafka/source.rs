@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -20,7 +20,7 @@ use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::window::SourceId;
 
-use super::{consumer_config, default_to, require};
+use super::{apply_rebalance, consumer_config, default_to, require, Rebalance};
 
 /// Assignment changes seen by the rebalance callback, for the pipeline
 /// loop to apply to the engine after `poll` returns.
@@ -159,31 +159,19 @@ impl ConsumerContext for SourceContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.resume_from_state(tpl);
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions assigned");
                 self.record(AssignmentChange::Assigned(partitions));
-                if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                }
+                apply_rebalance(consumer, Rebalance::Assign, tpl)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions revoked");
                 self.record(AssignmentChange::Revoked(partitions));
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
+                apply_rebalance(consumer, Rebalance::Revoke, tpl)
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
