@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Turns bench/run's measurements into its one table, and compares the
-alerts of trailspike and the Kafka Streams peer.
+alerts of trailspike and the Kafka Streams peer (and, with --scaled, of
+trailspike scaled out and single-instance trailspike).
 
     report.py table RESULTS --messages N --bytes B --peer-idle-ms MS
               --trailspike-alerts FILE --peer-alerts FILE
+              [--scaled-alerts FILE]
     report.py compare TRAILSPIKE_ALERTS PEER_ALERTS
 
 RESULTS has one line per contender: name wall_s user_s sys_s max_rss_kb
@@ -15,7 +17,12 @@ import json
 import math
 import sys
 
-NAMES = {"kcat": "kcat (ceiling)", "trailspike": "trailspike", "peer": "Kafka Streams peer"}
+NAMES = {
+    "kcat": "kcat (ceiling)",
+    "trailspike": "trailspike",
+    "peer": "Kafka Streams peer",
+    "trailspike-scaled": "trailspike (scaled out, 1 instance)",
+}
 
 
 def read_results(path, peer_idle_ms):
@@ -72,17 +79,23 @@ def compare(ts_path, peer_path):
     }
 
 
-def print_comparison(c, out):
+def agrees(c):
+    return not c["only_trailspike"] and not c["only_peer"] and not c["baseline_differs"]
+
+
+def print_comparison(c, out, first="trailspike", second="peer"):
+    """Prints compare()'s answer, its two sides named `first` and
+    `second`."""
     print(
-        f"alerts: trailspike {c['trailspike']}, peer {c['peer']}, matching "
-        f"(user, windowStart, numberOfApiCalls) {c['match']}, only in trailspike "
-        f"{len(c['only_trailspike'])}, only in peer {len(c['only_peer'])}, matching "
+        f"alerts: {first} {c['trailspike']}, {second} {c['peer']}, matching "
+        f"(user, windowStart, numberOfApiCalls) {c['match']}, only in {first} "
+        f"{len(c['only_trailspike'])}, only in {second} {len(c['only_peer'])}, matching "
         f"with a different baseline {len(c['baseline_differs'])}",
         file=out,
     )
     for label, keys in (
-        ("only in trailspike", c["only_trailspike"]),
-        ("only in peer", c["only_peer"]),
+        (f"only in {first}", c["only_trailspike"]),
+        (f"only in {second}", c["only_peer"]),
         ("baseline differs", c["baseline_differs"]),
     ):
         for user, start, count in keys[:10]:
@@ -91,10 +104,33 @@ def print_comparison(c, out):
             print(f"  {label}: ... {len(keys) - 10} more", file=out)
 
 
+def print_scaled_ratios(rows):
+    """trailspike scaled out against single-instance trailspike and the
+    peer: how many times their events per CPU second and per wall second
+    the scaled instance does (above 1: it does more)."""
+    scaled = rows["trailspike-scaled"]
+    for name in ("trailspike", "peer"):
+        r = rows[name]
+        print(
+            f"{NAMES['trailspike-scaled']} vs {NAMES[name]}, events per CPU second: "
+            f"{r['cpu'] / scaled['cpu']:.2f}x (process only), "
+            f"{(r['cpu'] + r['broker_cpu']) / (scaled['cpu'] + scaled['broker_cpu']):.2f}x "
+            f"(process + broker); per wall second: {r['wall'] / scaled['wall']:.2f}x"
+        )
+
+
 def table(args):
     rows = read_results(args.results, args.peer_idle_ms)
     c = compare(args.trailspike_alerts, args.peer_alerts)
-    agree = not c["only_trailspike"] and not c["only_peer"] and not c["baseline_differs"]
+    agree = agrees(c)
+    contenders = ["kcat", "trailspike", "peer"]
+    if args.scaled_alerts:
+        if "trailspike-scaled" not in rows:
+            sys.exit(f"report.py: {args.results} has no trailspike-scaled row")
+        contenders.append("trailspike-scaled")
+        # The scaled instance is checked against single-instance trailspike:
+        # the same detection, so the same alerts.
+        scaled_c = compare(args.trailspike_alerts, args.scaled_alerts)
     n, mb = args.messages, args.bytes / 1e6
     ceiling = n / rows["kcat"]["wall"]
     header = (
@@ -103,10 +139,15 @@ def table(args):
     )
     print(header)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name in ("kcat", "trailspike", "peer"):
+    for name in contenders:
         r = rows[name]
         rate = n / r["wall"]
-        agreement = "-" if name == "kcat" else ("yes" if agree else "no")
+        if name == "kcat":
+            agreement = "-"
+        elif name == "trailspike-scaled":
+            agreement = "yes" if agrees(scaled_c) else "no"
+        else:
+            agreement = "yes" if agree else "no"
         print(
             f"| {NAMES[name]} | {r['wall']:.2f} | {rate:,.0f} | {mb / r['wall']:,.1f} "
             f"| {rate / ceiling:.2f} | {r['cpu']:.2f} | {r['cpu'] / n * 1e6:.2f} "
@@ -125,8 +166,19 @@ def table(args):
         f"trailspike/peer per CPU second {peer['cpu'] / ts['cpu']:.2f}x (goal >= 3x: "
         f"{'met' if peer['cpu'] / ts['cpu'] >= 3 else 'NOT met'})"
     )
+    if args.scaled_alerts:
+        print_scaled_ratios(rows)
     print(f"(peer wall time excludes its {args.peer_idle_ms} ms idle wait before stopping itself)")
+    if args.scaled_alerts:
+        print(
+            "(trailspike scaled out: wall time from start to exit after the SIGTERM that "
+            "bench/until_done sends once /metrics show every message consumed and the "
+            "alerts committed; its alerts agree if they agree with single-instance "
+            "trailspike's)"
+        )
     print_comparison(c, sys.stdout)
+    if args.scaled_alerts:
+        print_comparison(scaled_c, sys.stdout, "trailspike", "trailspike scaled out")
 
 
 def main():
@@ -139,6 +191,7 @@ def main():
     t.add_argument("--peer-idle-ms", type=int, default=0)
     t.add_argument("--trailspike-alerts", required=True)
     t.add_argument("--peer-alerts", required=True)
+    t.add_argument("--scaled-alerts", help="alerts of trailspike scaled out (bench/run --scaled)")
     c = sub.add_parser("compare")
     c.add_argument("trailspike_alerts")
     c.add_argument("peer_alerts")
