@@ -39,6 +39,8 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`MAX_TREE_IDLE_MS`] may have missed a deletion, and restores whole.
 const DELETE_RETENTION_MS: &str = "86400000";
 const MAX_TREE_IDLE_MS: i64 = 12 * 3600 * 1000;
+/// Pause between two looks at a new topic's metadata.
+const METADATA_RETRY: Duration = Duration::from_millis(200);
 
 /// The names of the internal topics of `config`'s group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +134,7 @@ pub fn ensure_topics(config: &Config) -> Result<InternalTopics, ChangelogError> 
         }
     }
     for topic in [&topics.repartition, &topics.changelog] {
-        let found = partition_count(admin.inner(), topic)?;
+        let found = created_partition_count(admin.inner(), topic)?;
         if found != scale_out.partitions {
             return Err(ChangelogError::PartitionCount {
                 topic: topic.clone(),
@@ -142,6 +144,23 @@ pub fn ensure_topics(config: &Config) -> Result<InternalTopics, ChangelogError> 
         }
     }
     Ok(topics)
+}
+
+/// `topic`'s partition count once the broker's metadata shows it: an
+/// instance started with others may find the topic created by one of them
+/// and not yet in the metadata it is answered with.
+fn created_partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, ChangelogError> {
+    let deadline = Instant::now() + BROKER_TIMEOUT;
+    loop {
+        let found = partition_count(client, topic)?;
+        if found > 0 || Instant::now() >= deadline {
+            return Ok(found);
+        }
+        std::thread::sleep(METADATA_RETRY);
+    }
 }
 
 fn partition_count<C: rdkafka::ClientContext>(

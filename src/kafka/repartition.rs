@@ -114,6 +114,12 @@ impl Repartitioner {
     pub fn forget(&mut self, partition: i32) {
         self.clocks.remove(&partition);
     }
+
+    /// Stops tracking every input partition: they are read again from the
+    /// last commit, and their markers follow from that.
+    pub fn forget_all(&mut self) {
+        self.clocks.clear();
+    }
 }
 
 #[cfg(test)]

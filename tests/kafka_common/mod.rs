@@ -438,6 +438,64 @@ pub fn read_topic(topic: &str) -> Vec<Received> {
     received
 }
 
+/// Every message of `topic` that committed transactions (or no
+/// transaction) wrote, ordered by partition and offset: what a
+/// `read_committed` consumer, such as a SIEM reading a scaled-out
+/// deployment's alerts, sees. Each partition is read to its end for such a
+/// reader (transaction markers take offsets, so the last message's offset
+/// plus one can fall short of the high watermark).
+pub fn read_topic_committed(topic: &str) -> Vec<Received> {
+    let consumer: BaseConsumer = client_config()
+        .set("group.id", format!("trailspike-test-reader-{}", suffix()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("a reader");
+    let mut assignment = TopicPartitionList::new();
+    for (partition, (low, high)) in watermarks_with(&consumer, topic) {
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .expect("a valid offset");
+        }
+    }
+    let mut remaining: std::collections::BTreeSet<i32> = assignment
+        .elements()
+        .iter()
+        .map(|element| element.partition())
+        .collect();
+    if remaining.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&assignment).expect("assigning partitions");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + BROKER_TIMEOUT;
+    while !remaining.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} read_committed: partitions {remaining:?} not at their end"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                remaining.remove(&partition);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            Some(Ok(message)) => received.push(Received {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp_ms: message.timestamp().to_millis(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                headers: Vec::new(),
+            }),
+        }
+    }
+    received.sort_by_key(|m| (m.partition, m.offset));
+    received
+}
+
 /// Reads a consumer group's committed offsets without joining the group.
 pub struct OffsetWatch {
     consumer: BaseConsumer,
@@ -785,20 +843,141 @@ level = "info"
         OffsetWatch::new(&self.group, &self.input)
     }
 
+    /// Writes the config of scaled-out instance `instance`: this
+    /// workspace's config with a state directory of its own and
+    /// `[scale_out]` on, with `partitions` partitions of the internal
+    /// topics (replicated once: the test broker is one node).
+    pub fn scaled_instance(&self, instance: usize, partitions: i32) -> ScaledInstance {
+        let state_dir = self.dir.path().join(format!("state-{instance}"));
+        let config_path = self.dir.path().join(format!("trailspike-{instance}.toml"));
+        let quote =
+            |path: &Path| toml::Value::from(path.display().to_string()).to_string();
+        let base = std::fs::read_to_string(&self.config_path).expect("the config");
+        let own_state = base.replace(
+            &format!("dir = {}", quote(&self.state_dir)),
+            &format!("dir = {}", quote(&state_dir)),
+        );
+        assert_ne!(own_state, base, "the config names the state directory");
+        let config = format!(
+            "{own_state}\n[scale_out]\nenabled = true\npartitions = {partitions}\n\
+             replication_factor = 1\n"
+        );
+        std::fs::write(&config_path, config).expect("writing the config");
+        ScaledInstance {
+            instance,
+            config_path,
+            state_dir,
+            log_dir: self.dir.path().to_path_buf(),
+            runs: 0,
+        }
+    }
+
+    /// Every baseline of a scaled-out deployment of this workspace's
+    /// group, through `baseline export --from-kafka` (its changelog, as
+    /// committed; while instances run).
+    pub fn baselines_from_kafka(&self) -> Baselines {
+        self.try_baselines_from_kafka().unwrap_or_else(|error| {
+            panic!("baseline export --from-kafka failed: {error}")
+        })
+    }
+
+    /// [`Workspace::baselines_from_kafka`], or why the export failed (no
+    /// changelog yet, before the first instance has started).
+    pub fn try_baselines_from_kafka(&self) -> Result<Baselines, String> {
+        let output = binary()
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["baseline", "export", "--from-kafka"])
+            .output()
+            .expect("running trailspike baseline export --from-kafka");
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(parse_baseline_csv(&output.stdout))
+    }
+
     /// The baselines in the state directory, through
     /// `trailspike baseline export`. Only once no process holds the store.
     pub fn exported_baselines(&self) -> Baselines {
-        let output = binary()
-            .args(["baseline", "export", "--state"])
-            .arg(&self.state_dir)
-            .output()
-            .expect("running trailspike baseline export");
-        assert!(
-            output.status.success(),
-            "baseline export failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        parse_baseline_csv(&output.stdout)
+        exported_baselines_of(&self.state_dir)
+    }
+}
+
+/// The baselines in `state_dir`, through `trailspike baseline export`.
+/// Only once no process holds the store.
+pub fn exported_baselines_of(state_dir: &Path) -> Baselines {
+    let output = binary()
+        .args(["baseline", "export", "--state"])
+        .arg(state_dir)
+        .output()
+        .expect("running trailspike baseline export");
+    assert!(
+        output.status.success(),
+        "baseline export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_baseline_csv(&output.stdout)
+}
+
+/// One scaled-out instance of a [`Workspace`]: its config and state
+/// directory, kept across its runs, and a log per run.
+pub struct ScaledInstance {
+    pub instance: usize,
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    log_dir: PathBuf,
+    runs: usize,
+}
+
+impl ScaledInstance {
+    /// Starts `trailspike run`, logging to `instance-I-run-N.log`.
+    pub fn start(&mut self) -> Trailspike {
+        self.runs += 1;
+        Trailspike::start(&self.config_path, &self.log_path(self.runs), false)
+    }
+
+    fn log_path(&self, run: usize) -> PathBuf {
+        self.log_dir
+            .join(format!("instance-{}-run-{run}.log", self.instance))
+    }
+
+    /// Every run's log so far, oldest first.
+    pub fn logs(&self) -> String {
+        (1..=self.runs)
+            .map(|run| {
+                let text =
+                    std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
+                format!("--- instance {} run {run}\n{text}", self.instance)
+            })
+            .collect()
+    }
+
+    /// How many assignments this instance's runs logged that gave it
+    /// partitions (of either stage).
+    pub fn assignments(&self) -> usize {
+        self.logs()
+            .lines()
+            .filter(|line| line.contains("partitions assigned"))
+            .filter(|line| !line.contains("partitions=[]"))
+            .count()
+    }
+
+    /// The last lines of every run's log.
+    pub fn log_tail(&self) -> String {
+        tail(&self.logs(), 40)
+    }
+
+    /// The partitions whose state this instance's runs restored, in order,
+    /// from their `state restored` log lines.
+    pub fn restored_partitions(&self) -> Vec<i32> {
+        self.logs()
+            .lines()
+            .filter(|line| line.contains("state restored"))
+            .filter_map(|line| {
+                let after = line.split("partition=").nth(1)?;
+                after.split_whitespace().next()?.parse().ok()
+            })
+            .collect()
     }
 }
 
@@ -1026,6 +1205,23 @@ impl Expected {
 }
 
 pub fn assert_baselines_match(actual: &Baselines, expected: &Baselines, relative: f64) {
+    let differences = baseline_differences(actual, expected, relative);
+    assert!(
+        differences.is_empty(),
+        "{} of {} baselines differ; first ones:\n{}",
+        differences.len(),
+        expected.len(),
+        differences[..differences.len().min(10)].join("\n")
+    );
+}
+
+/// How `actual` differs from `expected`: missing, unexpected and unequal
+/// ARNs (averages and deviations to `relative`), one line each.
+pub fn baseline_differences(
+    actual: &Baselines,
+    expected: &Baselines,
+    relative: f64,
+) -> Vec<String> {
     let close = |a: f64, b: f64| (a - b).abs() <= relative * a.abs().max(b.abs());
     let mut differences = Vec::new();
     for (arn, want) in expected {
@@ -1045,11 +1241,5 @@ pub fn assert_baselines_match(actual: &Baselines, expected: &Baselines, relative
     for arn in actual.keys().filter(|arn| !expected.contains_key(*arn)) {
         differences.push(format!("unexpected {arn}: {:?}", actual[arn]));
     }
-    assert!(
-        differences.is_empty(),
-        "{} of {} baselines differ; first ones:\n{}",
-        differences.len(),
-        expected.len(),
-        differences[..differences.len().min(10)].join("\n")
-    );
+    differences
 }
