@@ -14,8 +14,8 @@
 //! - [`repartition`]: the input re-keyed by ARN onto an internal topic;
 //! - [`changelog`]: the internal topics, and state restored from the
 //!   changelog;
-//! - [`scaled`]: the loop of one instance among several, with its
-//!   transactions and rebalances.
+//! - [`scaled`]: the loop of one instance among several, its two stages
+//!   (split, count), their transactions and rebalances.
 
 pub mod changelog;
 pub mod pipeline;
