@@ -164,20 +164,13 @@ pub struct StateStore {
 impl StateStore {
     /// Opens or creates the store in `dir`, private to the current user.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
-        create_private_dir(dir)?;
-        let db =
-            sled::Config::new()
-                .path(dir)
-                .open()
-                .map_err(|source| StoreError::Open {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
+        let db = Self::open_database(dir)?;
         Self::with_db(db, dir.to_path_buf(), None)
     }
 
-    /// The database of a scaled-out instance: one tree per partition of the
-    /// internal topics, opened with [`StateStore::partition`].
+    /// The database in `dir`, private to the current user: a scaled-out
+    /// instance's holds one tree per partition of the internal topics,
+    /// opened with [`StateStore::partition`].
     pub fn open_database(dir: &Path) -> Result<sled::Db, StoreError> {
         create_private_dir(dir)?;
         sled::Config::new()
