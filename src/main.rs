@@ -495,50 +495,55 @@ fn baseline(command: BaselineCommand, config: &Config) -> anyhow::Result<ExitCod
                 .with_context(|| format!("importing {}", file.display()))?;
             eprintln!("imported {rows} baselines");
         }
-        BaselineCommand::Show { state, arn } => {
-            let stores = StateStore::open_every(&state)?;
-            let mut found = None;
-            for store in &stores {
-                if let Some(b) = store.baseline(&arn)? {
-                    found = Some((store, b));
-                    break;
-                }
-            }
-            let Some((store, b)) = found else {
-                eprintln!("no baseline for {arn}");
-                return Ok(ExitCode::FAILURE);
-            };
-            println!("arn             {arn}");
-            println!("latestCount     {}", b.latest_count);
-            println!("numDataPoints   {}", b.num_data_points);
-            println!("avgApiCalls     {}", b.avg_api_calls);
-            println!("stdevApiCalls   {}", b.stdev_api_calls);
-            println!(
-                "lastWindow      {}",
-                trailspike::alert::rfc3339(b.last_window_start)
-            );
-            let last_alert = b.last_alert_window_start.map(trailspike::alert::rfc3339);
-            println!("lastAlertWindow {}", last_alert.as_deref().unwrap_or("-"));
-            let known = store.known_apis(&arn)?;
-            match store.incident(&arn)? {
-                Some(incident) => {
-                    println!(
-                        "openIncident    since {}, {} spike window(s), peak {} calls",
-                        trailspike::alert::rfc3339(incident.first_window_start),
-                        incident.spike_windows,
-                        incident.peak_api_calls
-                    );
-                }
-                None => println!("openIncident    -"),
-            }
-            println!(
-                "usualApis       {} remembered, with the windows each was called in:",
-                known.len()
-            );
-            for api in known.usual(known.len()) {
-                println!("  {:<40} {}", api.value, api.count);
-            }
+        BaselineCommand::Show { state, arn } => return show_baseline(&state, &arn),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baseline show`: one ARN's baseline, open incident and usual APIs,
+/// from whichever of the state directory's stores holds it.
+fn show_baseline(state: &Path, arn: &str) -> anyhow::Result<ExitCode> {
+    let stores = StateStore::open_every(state)?;
+    let mut found = None;
+    for store in &stores {
+        if let Some(b) = store.baseline(arn)? {
+            found = Some((store, b));
+            break;
         }
+    }
+    let Some((store, b)) = found else {
+        eprintln!("no baseline for {arn}");
+        return Ok(ExitCode::FAILURE);
+    };
+    println!("arn             {arn}");
+    println!("latestCount     {}", b.latest_count);
+    println!("numDataPoints   {}", b.num_data_points);
+    println!("avgApiCalls     {}", b.avg_api_calls);
+    println!("stdevApiCalls   {}", b.stdev_api_calls);
+    println!(
+        "lastWindow      {}",
+        trailspike::alert::rfc3339(b.last_window_start)
+    );
+    let last_alert = b.last_alert_window_start.map(trailspike::alert::rfc3339);
+    println!("lastAlertWindow {}", last_alert.as_deref().unwrap_or("-"));
+    let known = store.known_apis(arn)?;
+    match store.incident(arn)? {
+        Some(incident) => {
+            println!(
+                "openIncident    since {}, {} spike window(s), peak {} calls",
+                trailspike::alert::rfc3339(incident.first_window_start),
+                incident.spike_windows,
+                incident.peak_api_calls
+            );
+        }
+        None => println!("openIncident    -"),
+    }
+    println!(
+        "usualApis       {} remembered, with the windows each was called in:",
+        known.len()
+    );
+    for api in known.usual(known.len()) {
+        println!("  {:<40} {}", api.value, api.count);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,10 +16,10 @@ mod kafka_common;
 use std::time::{Duration, Instant};
 
 use kafka_common::{
-    a_day_and_a_half, baseline_differences, exported_baselines_of, generate_records,
-    last_event_time, payloads, read_topic_committed, round_robin, sentinels, wait_until,
-    Baselines, Expected, Feed, OffsetWatch, Outgoing, Producer, Received, ScaledInstance,
-    Settings, Trailspike, Workspace,
+    a_day_and_a_half, baseline_differences, baseline_shown, exported_baselines_of,
+    generate_records, last_event_time, payloads, read_topic_committed, round_robin,
+    sentinels, wait_until, Baselines, Expected, Feed, OffsetWatch, Outgoing, Producer,
+    Received, ScaledInstance, Settings, Trailspike, Workspace,
 };
 use trailspike::generate::GenerateArgs;
 
@@ -370,10 +370,18 @@ fn a_joining_instance_restores_baselines_from_the_changelog() {
         "moved baselines differ: {differences:#?}"
     );
     let hours_since_the_join = 12;
+    let (arn, oldest) = moved
+        .iter()
+        .max_by_key(|(_, row)| row.num_data_points)
+        .expect("moved baselines");
     assert!(
-        moved
-            .values()
-            .any(|row| row.num_data_points > hours_since_the_join),
+        oldest.num_data_points > hours_since_the_join,
         "some moved baselines hold windows from before the join"
+    );
+    let shown = baseline_shown(&deployment.instances[1].state_dir, arn);
+    let points = format!("numDataPoints   {}", oldest.num_data_points);
+    assert!(
+        shown.contains(&points),
+        "baseline show finds {arn}:\n{shown}"
     );
 }

@@ -919,6 +919,23 @@ pub fn exported_baselines_of(state_dir: &Path) -> Baselines {
     parse_baseline_csv(&output.stdout)
 }
 
+/// What `trailspike baseline show --state STATE_DIR ARN` prints. Only
+/// once no process holds the store.
+pub fn baseline_shown(state_dir: &Path, arn: &str) -> String {
+    let output = binary()
+        .args(["baseline", "show", "--state"])
+        .arg(state_dir)
+        .arg(arn)
+        .output()
+        .expect("running trailspike baseline show");
+    assert!(
+        output.status.success(),
+        "baseline show failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// One scaled-out instance of a [`Workspace`]: its config and state
 /// directory, kept across its runs, and a log per run.
 pub struct ScaledInstance {
