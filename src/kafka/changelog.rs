@@ -30,7 +30,7 @@ use rdkafka::Offset;
 use crate::config::Config;
 use crate::store::{ChangelogPosition, StateStore, StoreError, Write};
 
-use super::{client_config, consumer_config, require};
+use super::{client_config, consumer_config, failed, require, KafkaFailure};
 
 /// Longest wait for the broker while creating topics or restoring.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,12 +61,8 @@ impl InternalTopics {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangelogError {
-    #[error("kafka: {operation} failed: {source}")]
-    Kafka {
-        operation: &'static str,
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
     #[error(
         "topic {topic} has {found} partitions but scale_out.partitions is {configured}; \
          set scale_out.partitions = {found}, or use a new kafka.group_id (the internal \
@@ -93,7 +89,7 @@ pub enum ChangelogError {
 }
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ChangelogError {
-    move |source| ChangelogError::Kafka { operation, source }
+    failed(operation)
 }
 
 /// Creates the internal topics unless they exist, and checks that they

@@ -33,6 +33,23 @@ use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
+/// A librdkafka call that failed, named after the operation: the Kafka
+/// variant of each driver's error.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka: {operation} failed: {source}")]
+pub struct KafkaFailure {
+    pub operation: &'static str,
+    #[source]
+    pub source: rdkafka::error::KafkaError,
+}
+
+/// Maps a librdkafka error to `E`'s Kafka variant, naming `operation`.
+pub fn failed<E: From<KafkaFailure>>(
+    operation: &'static str,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> E {
+    move |source| KafkaFailure { operation, source }.into()
+}
+
 /// `topic/partition@offset`, built only when a log line needs it.
 pub struct KafkaOrigin<'a> {
     pub topic: &'a str,

@@ -43,7 +43,7 @@ use crate::window::SourceId;
 
 use super::sink::{Delivered, Delivery, Sink, SourceRef};
 use super::source::{self, AssignmentChange, Positions, Source};
-use super::{now_ms, readback, KafkaOrigin};
+use super::{failed, now_ms, readback, KafkaFailure, KafkaOrigin};
 
 /// Most messages handled between two looks at signals and timers.
 const MAX_BATCH: usize = 2_000;
@@ -72,12 +72,8 @@ pub enum PipelineError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("kafka: {operation} failed: {source}")]
-    Kafka {
-        operation: &'static str,
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
     #[error(
         "a dead letter could not be written ({0}); stopping before its offset is saved, \
          so it is retried on restart"
@@ -93,7 +89,7 @@ pub enum PipelineError {
 }
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> PipelineError {
-    move |source| PipelineError::Kafka { operation, source }
+    failed(operation)
 }
 
 /// What `/readyz` reports.

@@ -65,7 +65,10 @@ use super::changelog::{self, ChangelogError};
 use super::pipeline::{Health, RunOptions, TuningWatch};
 use super::sink::{Delivered, Delivery, Sink};
 use super::source::report_consumer_lag;
-use super::{apply_rebalance, consumer_config, default_to, require, Rebalance};
+use super::{
+    apply_rebalance, consumer_config, default_to, failed, require, KafkaFailure,
+    Rebalance,
+};
 
 use count::Count;
 use split::Split;
@@ -87,12 +90,8 @@ pub enum ScaledError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Changelog(#[from] ChangelogError),
-    #[error("kafka: {operation} failed: {source}")]
-    Kafka {
-        operation: &'static str,
-        #[source]
-        source: KafkaError,
-    },
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
     #[error(
         "--stop-at-end does not apply with scale_out.enabled: the end of the \
          repartition topic moves while other instances feed it; stop with SIGTERM"
@@ -103,7 +102,7 @@ pub enum ScaledError {
 }
 
 fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> ScaledError {
-    move |source| ScaledError::Kafka { operation, source }
+    failed(operation)
 }
 
 /// The consumer group of the counting stage.
