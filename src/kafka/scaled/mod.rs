@@ -227,6 +227,17 @@ fn commit_or_abort<S: Stage>(
     }
 }
 
+/// [`commit_or_abort`] in the consumer's current group generation.
+fn commit_now<S: Stage>(
+    stage: &mut S,
+    consumer: &BaseConsumer<StageContext<S>>,
+) -> Result<(), ScaledError> {
+    let group = consumer
+        .group_metadata()
+        .ok_or(ScaledError::NoGroupMetadata)?;
+    commit_or_abort(stage, &group)
+}
+
 /// Back to the last commit: the stage's memory rebuilt from what was
 /// committed, and every partition of `consumer` read again from the
 /// group's committed offset.
@@ -277,10 +288,7 @@ fn step<S: Stage>(
         return Err(error);
     }
     if stage.checkpoint_due() {
-        let group = consumer
-            .group_metadata()
-            .ok_or(ScaledError::NoGroupMetadata)?;
-        commit_or_abort(&mut *stage, &group)?;
+        commit_now(&mut *stage, consumer)?;
     }
     if stage.transaction().rewind_pending {
         rewind(&mut *stage, consumer)?;
@@ -594,10 +602,7 @@ impl<S: Stage> StageContext<S> {
         );
         // A restore can take longer than transaction.timeout.ms: what is
         // pending is committed first, so no transaction waits on it.
-        let committed = match consumer.group_metadata() {
-            Some(group) => commit_or_abort(&mut *stage, &group),
-            None => Err(ScaledError::NoGroupMetadata),
-        };
+        let committed = commit_now(&mut *stage, consumer);
         if let Err(error) = committed.and_then(|()| stage.assigned(partitions)) {
             tracing::error!(stage = S::NAME, %error, "taking up assigned partitions failed");
             stage.transaction().failed.get_or_insert(error);
@@ -622,11 +627,7 @@ impl<S: Stage> StageContext<S> {
             ?partitions,
             "partitions revoked; committing first"
         );
-        let committed = match consumer.group_metadata() {
-            Some(group) => commit_or_abort(&mut *stage, &group),
-            None => Err(ScaledError::NoGroupMetadata),
-        };
-        if let Err(error) = committed {
+        if let Err(error) = commit_now(&mut *stage, consumer) {
             tracing::error!(stage = S::NAME, %error, "committing before a revoke failed");
             stage.transaction().failed.get_or_insert(error);
         }
