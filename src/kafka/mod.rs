@@ -27,7 +27,7 @@ pub mod source;
 
 use std::fmt;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
@@ -122,21 +122,101 @@ enum Rebalance {
     Revoke,
 }
 
-/// Hands a rebalance's partitions to librdkafka in the group's protocol:
-/// incrementally under cooperative rebalancing, whole otherwise.
+/// How a consumer's group hands partitions over, known from the
+/// consumer's own settings.
+///
+/// librdkafka can tell too (`rd_kafka_rebalance_protocol`), but asking it
+/// from a rebalance callback while the consumer closes can block forever
+/// (librdkafka issue 4041), so the callbacks never ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebalanceMode {
+    /// Only the partitions that move are assigned or revoked.
+    Cooperative,
+    /// Every rebalance revokes everything and assigns anew.
+    Eager,
+}
+
+impl RebalanceMode {
+    /// The mode `config` gives its consumer: the new group protocol
+    /// (KIP-848) is always incremental; under the classic one, librdkafka
+    /// refuses to mix cooperative and eager assignors, so naming
+    /// `cooperative-sticky` at all makes the group cooperative.
+    pub fn of(config: &ClientConfig) -> RebalanceMode {
+        let next_generation = config
+            .get("group.protocol")
+            .is_some_and(|protocol| protocol.trim().eq_ignore_ascii_case("consumer"));
+        let cooperative_assignor = config
+            .get("partition.assignment.strategy")
+            .is_some_and(|names| {
+                names
+                    .split(',')
+                    .any(|name| name.trim() == "cooperative-sticky")
+            });
+        if next_generation || cooperative_assignor {
+            RebalanceMode::Cooperative
+        } else {
+            RebalanceMode::Eager
+        }
+    }
+}
+
+/// Hands a rebalance's partitions to librdkafka in the group's mode:
+/// incrementally when cooperative, whole otherwise.
 fn apply_rebalance<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
+    mode: RebalanceMode,
     change: Rebalance,
     tpl: &TopicPartitionList,
 ) -> KafkaResult<()> {
-    let cooperative = matches!(
-        consumer.rebalance_protocol(),
-        RebalanceProtocol::Cooperative
-    );
-    match (change, cooperative) {
-        (Rebalance::Assign, true) => consumer.incremental_assign(tpl),
-        (Rebalance::Assign, false) => consumer.assign(tpl),
-        (Rebalance::Revoke, true) => consumer.incremental_unassign(tpl),
-        (Rebalance::Revoke, false) => consumer.unassign(),
+    match (change, mode) {
+        (Rebalance::Assign, RebalanceMode::Cooperative) => {
+            consumer.incremental_assign(tpl)
+        }
+        (Rebalance::Assign, RebalanceMode::Eager) => consumer.assign(tpl),
+        (Rebalance::Revoke, RebalanceMode::Cooperative) => {
+            consumer.incremental_unassign(tpl)
+        }
+        (Rebalance::Revoke, RebalanceMode::Eager) => consumer.unassign(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_with(settings: &[(&str, &str)]) -> RebalanceMode {
+        let mut config = ClientConfig::new();
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        RebalanceMode::of(&config)
+    }
+
+    #[test]
+    fn the_rebalance_mode_follows_the_assignor_and_the_group_protocol() {
+        assert_eq!(mode_with(&[]), RebalanceMode::Eager);
+        assert_eq!(
+            mode_with(&[("partition.assignment.strategy", "range,roundrobin")]),
+            RebalanceMode::Eager
+        );
+        assert_eq!(
+            mode_with(&[("partition.assignment.strategy", "cooperative-sticky")]),
+            RebalanceMode::Cooperative
+        );
+        assert_eq!(
+            mode_with(&[(
+                "partition.assignment.strategy",
+                " range , cooperative-sticky"
+            )]),
+            RebalanceMode::Cooperative
+        );
+        assert_eq!(
+            mode_with(&[("group.protocol", "consumer")]),
+            RebalanceMode::Cooperative
+        );
+        assert_eq!(
+            mode_with(&[("group.protocol", "classic")]),
+            RebalanceMode::Eager
+        );
     }
 }

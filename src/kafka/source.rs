@@ -20,7 +20,9 @@ use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::window::SourceId;
 
-use super::{apply_rebalance, consumer_config, default_to, require, Rebalance};
+use super::{
+    apply_rebalance, consumer_config, default_to, require, Rebalance, RebalanceMode,
+};
 
 /// Assignment changes seen by the rebalance callback, for the pipeline
 /// loop to apply to the engine after `poll` returns.
@@ -69,6 +71,7 @@ impl Positions {
 
 pub struct SourceContext {
     topic: String,
+    mode: RebalanceMode,
     metrics: Arc<Metrics>,
     pub positions: Positions,
     changes: Mutex<Vec<AssignmentChange>>,
@@ -78,11 +81,13 @@ pub struct SourceContext {
 impl SourceContext {
     pub fn new(
         topic: &str,
+        mode: RebalanceMode,
         positions: Positions,
         metrics: Arc<Metrics>,
     ) -> SourceContext {
         SourceContext {
             topic: topic.to_string(),
+            mode,
             metrics,
             positions,
             changes: Mutex::new(Vec::new()),
@@ -165,13 +170,13 @@ impl ConsumerContext for SourceContext {
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions assigned");
                 self.record(AssignmentChange::Assigned(partitions));
-                apply_rebalance(consumer, Rebalance::Assign, tpl)
+                apply_rebalance(consumer, self.mode, Rebalance::Assign, tpl)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions revoked");
                 self.record(AssignmentChange::Revoked(partitions));
-                apply_rebalance(consumer, Rebalance::Revoke, tpl)
+                apply_rebalance(consumer, self.mode, Rebalance::Revoke, tpl)
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
@@ -245,7 +250,8 @@ pub fn create(
             ("enable.auto.offset.store", "false"),
         ],
     );
-    let context = SourceContext::new(&kafka.input_topic, positions, metrics);
+    let mode = RebalanceMode::of(&config);
+    let context = SourceContext::new(&kafka.input_topic, mode, positions, metrics);
     let consumer: Source = config.create_with_context(context)?;
     consumer.subscribe(&[&kafka.input_topic])?;
     Ok(consumer)

@@ -67,7 +67,7 @@ use super::sink::{Delivered, Delivery, Sink};
 use super::source::report_consumer_lag;
 use super::{
     apply_rebalance, consumer_config, default_to, failed, require, KafkaFailure,
-    Rebalance,
+    Rebalance, RebalanceMode,
 };
 
 use count::Count;
@@ -429,6 +429,7 @@ fn subscribe<S: Stage>(
     let topic = lock(&stage).transaction().topic.clone();
     let context = StageContext {
         topic: topic.clone(),
+        mode: RebalanceMode::of(&client),
         report_lag: topic == config.kafka.input_topic,
         stage,
         metrics: metrics.clone(),
@@ -585,6 +586,7 @@ impl Transaction {
 /// A stage's consumer context: rebalances run on the stage.
 struct StageContext<S> {
     topic: String,
+    mode: RebalanceMode,
     /// Consumer lag is published for the input topic's partitions.
     report_lag: bool,
     stage: Arc<Mutex<S>>,
@@ -685,11 +687,11 @@ impl<S: Stage> ConsumerContext for StageContext<S> {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.on_assign(consumer, &partitions);
-                apply_rebalance(consumer, Rebalance::Assign, tpl)
+                apply_rebalance(consumer, self.mode, Rebalance::Assign, tpl)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.on_revoke(consumer, &partitions);
-                apply_rebalance(consumer, Rebalance::Revoke, tpl)
+                apply_rebalance(consumer, self.mode, Rebalance::Revoke, tpl)
             }
             other => {
                 tracing::error!(stage = S::NAME, error = ?other, "rebalance failed; dropping the assignment");
