@@ -162,8 +162,18 @@ pub fn run(
         }
     }
     tracing::info!("stopping: committing and leaving the groups");
-    stop(split_consumer, &split)?;
-    stop(count_consumer, &count)?;
+    leave(&split_consumer, &split)?;
+    leave(&count_consumer, &count)?;
+    release_partitions(&split_consumer, &count_consumer);
+    // Nothing is left to revoke, so closing only says goodbye.
+    drop(split_consumer);
+    drop(count_consumer);
+    if let Some(error) = lock(&split).transaction().failed.take() {
+        return Err(error);
+    }
+    if let Some(error) = lock(&count).transaction().failed.take() {
+        return Err(error);
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -296,23 +306,60 @@ fn step<S: Stage>(
     Ok(())
 }
 
-/// Commits what is pending, then leaves the group; the revoke that
-/// leaving brings finds nothing left to commit. An aborted last
-/// transaction is redone by whoever owns its partitions next.
-fn stop<S: Stage>(
-    consumer: BaseConsumer<StageContext<S>>,
+/// Commits what is pending and unsubscribes: the group then revokes
+/// every partition, which [`holds_partitions`] serves.
+///
+/// Partitions are handed back before the consumer is dropped because
+/// dropping closes it, and a close that meets a rebalance still to serve
+/// can block forever in librdkafka (its issues 4041 and 4884): an instance
+/// that stopped one stage while the other's group rebalanced hung there.
+fn leave<S: Stage>(
+    consumer: &BaseConsumer<StageContext<S>>,
     stage: &Mutex<S>,
 ) -> Result<(), ScaledError> {
     if let Some(group) = consumer.group_metadata() {
         commit_or_abort(&mut *lock(stage), &group)?;
     }
     consumer.unsubscribe();
-    // Closing serves the revoke callback; the stage's lock is free.
-    drop(consumer);
-    match lock(stage).transaction().failed.take() {
-        Some(error) => Err(error),
-        None => Ok(()),
+    Ok(())
+}
+
+/// Serves both stages' revokes after [`leave`] until neither holds a
+/// partition, or gives up after [`TRANSACTION_TIMEOUT`].
+fn release_partitions(
+    split_consumer: &BaseConsumer<StageContext<Split>>,
+    count_consumer: &BaseConsumer<StageContext<Count>>,
+) {
+    let deadline = Instant::now() + TRANSACTION_TIMEOUT;
+    loop {
+        // Both are polled every round: a group's rebalance waits for
+        // every member, this one too.
+        let split_held = holds_partitions(split_consumer);
+        let count_held = holds_partitions(count_consumer);
+        if !split_held && !count_held {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                split_held,
+                count_held,
+                "partitions still held after leaving the groups; closing anyway"
+            );
+            break;
+        }
     }
+}
+
+/// Serves a left group's rebalances; whether partitions are still held.
+/// Messages that arrive meanwhile are dropped: their offsets were never
+/// committed, so their partitions' next owners read them.
+fn holds_partitions<S: Stage>(consumer: &BaseConsumer<StageContext<S>>) -> bool {
+    if let Some(Err(error)) = consumer.poll(Duration::from_millis(50)) {
+        tracing::debug!(stage = S::NAME, %error, "consume failed while leaving");
+    }
+    consumer
+        .assignment()
+        .is_ok_and(|partitions| partitions.count() > 0)
 }
 
 fn lock<S>(stage: &Mutex<S>) -> MutexGuard<'_, S> {
