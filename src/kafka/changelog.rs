@@ -30,7 +30,9 @@ use rdkafka::Offset;
 use crate::config::Config;
 use crate::store::{ChangelogPosition, StateStore, StoreError, Write};
 
-use super::{client_config, consumer_config, failed, require, KafkaFailure};
+use super::{
+    client_config, consumer_config, failed, require, KafkaFailure, ReaderContext,
+};
 
 /// Longest wait for the broker while creating topics or restoring.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -186,84 +188,107 @@ pub struct Restored {
     pub cleared: bool,
 }
 
-/// Brings `store`, partition `partition`'s tree, up to the end of its
-/// changelog partition, as far as committed transactions go.
-pub fn restore(
-    config: &Config,
-    topics: &InternalTopics,
-    partition: i32,
-    store: &StateStore,
-) -> Result<Restored, ChangelogError> {
-    let store_error = |source| ChangelogError::Store { partition, source };
-    let mut consumer_config = consumer_config(&config.kafka);
-    require(
-        &mut consumer_config,
-        &[
-            ("group.id", &format!("{}-restore", config.kafka.group_id)),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            // Writes of aborted transactions never happened.
-            ("isolation.level", "read_committed"),
-        ],
-    );
-    let consumer: BaseConsumer = consumer_config
-        .create()
-        .map_err(kafka("creating the restore consumer"))?;
-    let topic = topics.changelog.as_str();
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
-        .map_err(kafka("reading changelog offsets"))?;
-    let local = store.changelog_position().map_err(store_error)?;
-    let now = super::now_ms();
-    let cleared = local.is_some_and(|at| {
-        at.next < low || at.next > high || now - at.synced_ms > MAX_TREE_IDLE_MS
-    });
-    if cleared {
-        store.clear().map_err(store_error)?;
+/// A reader of the changelog that restores partitions' trees, one after
+/// another, with one consumer (made once per rebalance, not per partition).
+pub struct ChangelogReader {
+    consumer: BaseConsumer<ReaderContext>,
+    topic: String,
+}
+
+impl ChangelogReader {
+    pub fn new(
+        config: &Config,
+        topics: &InternalTopics,
+    ) -> Result<ChangelogReader, ChangelogError> {
+        let mut consumer_config = consumer_config(&config.kafka);
+        require(
+            &mut consumer_config,
+            &[
+                ("group.id", &format!("{}-restore", config.kafka.group_id)),
+                ("enable.auto.commit", "false"),
+                ("enable.partition.eof", "true"),
+                // Writes of aborted transactions never happened.
+                ("isolation.level", "read_committed"),
+                // The end of a partition is known only once a fetch comes
+                // back empty, which the broker otherwise holds for 500 ms:
+                // half a second per partition of every rebalance.
+                ("fetch.wait.max.ms", "10"),
+            ],
+        );
+        let consumer = consumer_config
+            .create_with_context(ReaderContext)
+            .map_err(kafka("creating the restore consumer"))?;
+        Ok(ChangelogReader {
+            consumer,
+            topic: topics.changelog.clone(),
+        })
     }
-    let from_offset = match local {
-        Some(at) if !cleared => at.next,
-        _ => low,
-    };
-    let mut restored = Restored {
-        from_offset,
-        writes: 0,
-        cleared,
-    };
-    if from_offset >= high {
+
+    /// Brings `store`, partition `partition`'s tree, up to the end of its
+    /// changelog partition, as far as committed transactions go.
+    pub fn restore(
+        &self,
+        partition: i32,
+        store: &StateStore,
+    ) -> Result<Restored, ChangelogError> {
+        let store_error = |source| ChangelogError::Store { partition, source };
+        let topic = self.topic.as_str();
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(topic, partition, BROKER_TIMEOUT)
+            .map_err(kafka("reading changelog offsets"))?;
+        let local = store.changelog_position().map_err(store_error)?;
+        let now = super::now_ms();
+        let cleared = local.is_some_and(|at| {
+            at.next < low || at.next > high || now - at.synced_ms > MAX_TREE_IDLE_MS
+        });
+        if cleared {
+            store.clear().map_err(store_error)?;
+        }
+        let from_offset = match local {
+            Some(at) if !cleared => at.next,
+            _ => low,
+        };
+        let mut restored = Restored {
+            from_offset,
+            writes: 0,
+            cleared,
+        };
+        if from_offset >= high {
+            let position = ChangelogPosition {
+                next: from_offset,
+                synced_ms: now,
+            };
+            store
+                .apply_changelog(Vec::new(), position)
+                .map_err(store_error)?;
+            return Ok(restored);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(from_offset))
+            .map_err(kafka("assigning the changelog"))?;
+        self.consumer
+            .assign(&assignment)
+            .map_err(kafka("assigning the changelog"))?;
+        let (writes, next) = read_to_end(&self.consumer, from_offset)?;
+        restored.writes = writes.len() as u64;
         let position = ChangelogPosition {
-            next: from_offset,
+            next,
             synced_ms: now,
         };
         store
-            .apply_changelog(Vec::new(), position)
+            .apply_changelog(writes, position)
             .map_err(store_error)?;
-        return Ok(restored);
+        Ok(restored)
     }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Offset(from_offset))
-        .map_err(kafka("assigning the changelog"))?;
-    consumer
-        .assign(&assignment)
-        .map_err(kafka("assigning the changelog"))?;
-    let (writes, next) = read_to_end(&consumer, from_offset)?;
-    restored.writes = writes.len() as u64;
-    let position = ChangelogPosition {
-        next,
-        synced_ms: now,
-    };
-    store
-        .apply_changelog(writes, position)
-        .map_err(store_error)?;
-    Ok(restored)
 }
 
 /// Every write from the assigned changelog partition up to its end (for a
 /// read_committed reader, the first offset of a transaction still open),
 /// and the offset after the last one read.
 fn read_to_end(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     from_offset: i64,
 ) -> Result<(Vec<Write>, i64), ChangelogError> {
     let mut writes = Vec::new();
@@ -303,11 +328,12 @@ pub fn read_all(config: &Config) -> Result<Vec<StateStore>, ChangelogError> {
     if partitions == 0 {
         return Err(ChangelogError::NoChangelog(topics.changelog));
     }
+    let reader = ChangelogReader::new(config, &topics)?;
     let mut stores = Vec::new();
     for partition in 0..partitions {
         let store = StateStore::temporary()
             .map_err(|source| ChangelogError::Store { partition, source })?;
-        restore(config, &topics, partition, &store)?;
+        reader.restore(partition, &store)?;
         stores.push(store);
     }
     Ok(stores)

@@ -28,7 +28,8 @@ pub mod source;
 use std::fmt;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::ClientContext;
 use rdkafka::{ClientConfig, TopicPartitionList};
 
 use crate::config::KafkaConfig;
@@ -114,6 +115,26 @@ fn default_to(config: &mut ClientConfig, settings: &[(&str, &str)]) {
         }
     }
 }
+
+/// The context of a short-lived reader that reads partitions to their
+/// end (restoring state, reading alerts back): it learns of each end from
+/// `poll`, so librdkafka's copy of the same news is not an error.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+                | KafkaError::PartitionEOF(_)
+        );
+        if !end_of_partition {
+            tracing::warn!(%error, reason, "kafka reader error");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// What a rebalance asks of the consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use rdkafka::Offset;
 
 use crate::config::KafkaConfig;
 
-use super::{consumer_config, require};
+use super::{consumer_config, require, ReaderContext};
 
 /// Slack for the broker's timestamp of a message written right after it
 /// was queued.
@@ -44,7 +44,8 @@ pub fn already_on_topic(
             ("enable.partition.eof", "true"),
         ],
     );
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<ReaderContext> =
+        config.create_with_context(ReaderContext)?;
     let topic = kafka.alerts_topic.as_str();
     let ends = match end_offsets(&consumer, topic, timeout) {
         Ok(ends) => ends,
@@ -61,7 +62,7 @@ pub fn already_on_topic(
 
 /// The end offset of every partition of `topic`.
 fn end_offsets(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     timeout: Duration,
 ) -> KafkaResult<BTreeMap<i32, i64>> {
@@ -80,7 +81,7 @@ fn end_offsets(
 }
 
 fn start_offsets(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     ends: &BTreeMap<i32, i64>,
     since_ms: i64,
@@ -108,7 +109,7 @@ fn start_offsets(
 }
 
 fn read_ids(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     starts: TopicPartitionList,
     ends: &BTreeMap<i32, i64>,

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::config::Config;
 use crate::engine::{DeadLetter, Engine};
-use crate::kafka::changelog::{self, InternalTopics};
+use crate::kafka::changelog::{ChangelogReader, InternalTopics};
 use crate::kafka::sink::{
     Delivered, Outgoing, SourceRef, HEADER_OFFSET, HEADER_PARTITION, HEADER_PROGRESS,
     HEADER_RECORD_INDEX,
@@ -158,12 +158,30 @@ impl Count {
         Ok(())
     }
 
+    /// A task for each of `partitions`, its tree brought up to its
+    /// changelog's end first.
+    fn restore_tasks(&mut self, partitions: &[i32]) -> Result<(), ScaledError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let reader = ChangelogReader::new(&self.config, &self.topics)?;
+        for &partition in partitions {
+            let task = self.restore_task(&reader, partition)?;
+            self.tasks.insert(partition, task);
+        }
+        Ok(())
+    }
+
     /// Partition `partition`'s task, its tree brought up to its
     /// changelog's end first.
-    fn restore_task(&mut self, partition: i32) -> Result<Task, ScaledError> {
+    fn restore_task(
+        &mut self,
+        reader: &ChangelogReader,
+        partition: i32,
+    ) -> Result<Task, ScaledError> {
         let started = Instant::now();
         let store = StateStore::partition(&self.db, &self.config.state.dir, partition)?;
-        let restored = changelog::restore(&self.config, &self.topics, partition, &store)?;
+        let restored = reader.restore(partition, &store)?;
         self.transaction.changelog_next.remove(&partition);
         let metrics = self.transaction.metrics.clone();
         let mut engine = Engine::new(&self.config, metrics.clone())?;
@@ -282,13 +300,12 @@ impl Stage for Count {
     }
 
     fn assigned(&mut self, partitions: &[i32]) -> Result<(), ScaledError> {
-        for &partition in partitions {
-            if !self.tasks.contains_key(&partition) {
-                let task = self.restore_task(partition)?;
-                self.tasks.insert(partition, task);
-            }
-        }
-        Ok(())
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|partition| !self.tasks.contains_key(partition))
+            .collect();
+        self.restore_tasks(&new)
     }
 
     /// Their trees stay on disk: if they come back, restoring reads only
@@ -304,11 +321,7 @@ impl Stage for Count {
     fn rebuild(&mut self) -> Result<(), ScaledError> {
         let partitions: Vec<i32> = self.tasks.keys().copied().collect();
         self.tasks.clear();
-        for partition in partitions {
-            let task = self.restore_task(partition)?;
-            self.tasks.insert(partition, task);
-        }
-        Ok(())
+        self.restore_tasks(&partitions)
     }
 }
 
