@@ -66,9 +66,11 @@ shutdown_timeout = "30s"
 "sasl.mechanisms" = {mechanism}
 "sasl.username" = {user}
 "ssl.ca.location" = {ca}
+{password_line}
+
+[kafka.consumer_properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "1000"
-{password_line}
 
 [state]
 dir = {state}

@@ -766,7 +766,7 @@ alerts_topic = {alerts}
 dead_letter_topic = {dead_letter}
 shutdown_timeout = "30s"
 
-[kafka.properties]
+[kafka.consumer_properties]
 # A restart after SIGKILL joins the group once the dead member's session
 # has expired; the broker's minimum keeps that wait short.
 "session.timeout.ms" = "6000"
