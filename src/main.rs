@@ -4,6 +4,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -216,6 +217,10 @@ enum Service {
 const EXIT_SHUTDOWN_TIMEOUT: u8 = 3;
 /// Exit code after a second signal forced the process down.
 const EXIT_FORCED: i32 = 130;
+/// How long past `kafka.shutdown_timeout` a stop may run before the
+/// process ends regardless: the pipeline enforces the timeout itself, so
+/// only a stop stuck inside a library call reaches this.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the pipeline (or the demo) on a blocking thread, with the metrics
 /// server and signal handling on a small tokio runtime beside it.
@@ -234,7 +239,8 @@ fn service(config: &Config, service: Service) -> anyhow::Result<ExitCode> {
         tracing::info!(%address, "serving /metrics, /healthz and /readyz");
         let shutdown = Arc::new(AtomicBool::new(false));
         let reload = Arc::new(AtomicBool::new(false));
-        tokio::spawn(watch_signals(shutdown.clone()));
+        let stop_limit = config.kafka.shutdown_timeout + STOP_GRACE;
+        tokio::spawn(watch_signals(shutdown.clone(), stop_limit));
         tokio::spawn(watch_reload_signal(reload.clone()));
         let state_dir = config.state.dir.clone();
         let config = config.clone();
@@ -298,9 +304,11 @@ fn exit_code(outcome: anyhow::Result<()>, state_dir: &Path) -> anyhow::Result<Ex
     }
 }
 
-/// The first SIGTERM or SIGINT asks for a clean stop; a second one ends
-/// the process at once.
-async fn watch_signals(shutdown: Arc<AtomicBool>) {
+/// The first SIGTERM or SIGINT asks for a clean stop, which may take
+/// `stop_limit`; a second signal, or the limit passing, ends the process at
+/// once. Ending it there is a crash as far as state goes, which loses
+/// nothing: what was not committed is read again on restart.
+async fn watch_signals(shutdown: Arc<AtomicBool>, stop_limit: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -309,17 +317,35 @@ async fn watch_signals(shutdown: Arc<AtomicBool>) {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    for signals_seen in 1.. {
+    let mut stop_deadline = None;
+    loop {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
+            () = sleep_until_some(stop_deadline) => {
+                tracing::error!(
+                    limit_secs = stop_limit.as_secs_f64(),
+                    "the stop did not finish within kafka.shutdown_timeout; exiting \
+                     without it, and input after the last commit is read again on restart"
+                );
+                std::process::exit(i32::from(EXIT_SHUTDOWN_TIMEOUT));
+            }
         }
-        if signals_seen > 1 {
+        if stop_deadline.is_some() {
             tracing::warn!("second signal: exiting without saving state");
             std::process::exit(EXIT_FORCED);
         }
         tracing::info!("signal received: stopping cleanly (send again to force)");
         shutdown.store(true, Ordering::Relaxed);
+        stop_deadline = Some(tokio::time::Instant::now() + stop_limit);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

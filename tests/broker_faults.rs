@@ -2,7 +2,9 @@
 //! restarted with its data mid-run, frozen (SIGSTOP) mid-run. Each time
 //! trailspike must wait, say on `/readyz` why it is not ready, and resume
 //! without losing or repeating anything: the alerts and baselines equal
-//! the offline replay of the same records.
+//! the offline replay of the same records. Frozen when trailspike is asked
+//! to stop, the stop must still end, with exit code 3, soon after
+//! `kafka.shutdown_timeout`.
 //!
 //! Each test starts a broker of its own (`scripts/kafka/kafka`, with its
 //! data in the test's directory), never the shared one, so needs the
@@ -21,7 +23,7 @@ use kafka_common::{
     generate_records, last_event_time, message_count, payloads, round_robin, sentinels,
     use_broker, Expected, Feed, Outgoing, Producer, Settings, Workspace,
 };
-use reliability_common::{http_get, trailspike, Broker, Process, TestDir};
+use reliability_common::{http_get, metric_sum, trailspike, Broker, Process, TestDir};
 use trailspike::generate::GenerateArgs;
 
 /// Longest wait for the pipeline to get somewhere, broker restarts
@@ -253,5 +255,110 @@ fn broker_restarted_and_frozen_mid_run_loses_and_repeats_nothing() {
         expected.alerts.len(),
         expected.baselines.len(),
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// The stop's limit in [`a_stop_the_frozen_broker_cannot_serve_ends_with_3`],
+/// short so that the test is.
+const SHORT_SHUTDOWN_TIMEOUT: &str = "3s";
+
+/// Starts `config` on a fresh input that keeps arriving, waits until it
+/// has consumed some, freezes the broker and sends SIGTERM; returns the
+/// exit status, how long the stop took, and the log.
+fn stop_with_the_broker_frozen(
+    broker: &Broker,
+    dir: &TestDir,
+    config: &std::path::Path,
+    name: &str,
+    input_topic: &str,
+    seed: u64,
+) -> (std::process::ExitStatus, Duration, String) {
+    let (records, _) = generate_records(&two_days(seed));
+    let messages = round_robin(&records, &[0, 1, 2]);
+    let feed = Feed::start(
+        input_topic,
+        messages.clone(),
+        messages.len() / 40,
+        Duration::from_millis(200),
+    );
+    let mut command = trailspike();
+    command.arg("--config").arg(config).arg("run");
+    let mut process = Process::spawn(command, &dir.path().join(format!("{name}.log")));
+    let address = process.metrics_address(READY_TIMEOUT);
+    // Consumed and, with a checkpoint interval far longer than the test,
+    // not yet committed: the stop has work that needs the broker.
+    process.wait_until("records are consumed", PROGRESS_TIMEOUT, || {
+        http_get(address, "/metrics")
+            .and_then(|(_, body)| metric_sum(&body, "trailspike_messages_consumed_total"))
+            .is_some_and(|consumed| consumed > 0.0)
+    });
+    broker.pause();
+    process.signal("TERM");
+    let stopping = Instant::now();
+    let status = process.wait(STOP_TIMEOUT);
+    let took = stopping.elapsed();
+    broker.resume();
+    feed.finish();
+    (status, took, process.log())
+}
+
+#[test]
+fn a_stop_the_frozen_broker_cannot_serve_ends_with_3() {
+    let _turn = take_turn();
+    let dir = TestDir::new("broker_frozen_stop");
+    let broker = Broker::start(&dir.path().join("broker"));
+    let _own = use_broker(broker.bootstrap());
+    let settings = Settings {
+        checkpoint_interval: "20s".into(),
+        shutdown_timeout: SHORT_SHUTDOWN_TIMEOUT.into(),
+        ..Settings::default()
+    };
+
+    // One instance.
+    let single = Workspace::new("frozen_stop_single", 3, &settings);
+    let (status, took, log) = stop_with_the_broker_frozen(
+        &broker,
+        &dir,
+        single.config_path(),
+        "single",
+        &single.input,
+        21,
+    );
+    assert_eq!(status.code(), Some(3), "one instance; its log:\n{log}");
+    // Where the stop waits decides which limit ends it: the pipeline's
+    // own, between checkpoint attempts, or the process's, in a call to
+    // librdkafka that waits for the broker (the final offset commit).
+    assert!(log.contains("did not finish within"), "it says why: {log}");
+    eprintln!(
+        "frozen broker, one instance: exit 3 after {:.1}s",
+        took.as_secs_f64()
+    );
+
+    // Scaled out the stop waits inside librdkafka (committing the open
+    // transaction), where only the process's own limit ends it.
+    let scaled = Workspace::new("frozen_stop_scaled", 3, &settings);
+    let instance = scaled.scaled_instance(0, 3);
+    // Room for a transaction open for the whole checkpoint interval.
+    let mut config = std::fs::read_to_string(&instance.config_path).expect("the config");
+    config.push_str(
+        "\n[kafka.producer_properties]\n\"transaction.timeout.ms\" = \"60000\"\n",
+    );
+    std::fs::write(&instance.config_path, config).expect("writing the config");
+    let (status, took, log) = stop_with_the_broker_frozen(
+        &broker,
+        &dir,
+        &instance.config_path,
+        "scaled",
+        &scaled.input,
+        22,
+    );
+    assert_eq!(status.code(), Some(3), "scaled out; its log:\n{log}");
+    assert!(
+        log.contains("the stop did not finish within kafka.shutdown_timeout"),
+        "the limit says why: {log}"
+    );
+    eprintln!(
+        "frozen broker, scaled out: exit 3 after {:.1}s",
+        took.as_secs_f64()
     );
 }

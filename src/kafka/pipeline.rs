@@ -520,6 +520,10 @@ impl<'c> Pipeline<'c> {
         self.drain_deliveries()?;
         self.store.flush()?;
         let positions = self.consumer.context().positions.snapshot();
+        // A synchronous commit has no timeout in librdkafka: against a
+        // broker that stopped answering it waits until the process's own
+        // stop limit ends it (exit 3). The store already holds these
+        // positions, so only the group's view of the lag is left behind.
         self.commit_offsets(&positions, CommitMode::Sync);
         tracing::info!("stopped cleanly");
         Ok(())

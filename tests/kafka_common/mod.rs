@@ -692,6 +692,8 @@ pub struct Settings {
     /// replay that computes the expected results uses them too.
     pub detection: String,
     pub checkpoint_interval: String,
+    /// `kafka.shutdown_timeout`.
+    pub shutdown_timeout: String,
 }
 
 impl Default for Settings {
@@ -699,6 +701,7 @@ impl Default for Settings {
         Settings {
             detection: String::new(),
             checkpoint_interval: "1s".into(),
+            shutdown_timeout: "30s".into(),
         }
     }
 }
@@ -764,7 +767,7 @@ group_id = {group}
 input_topic = {input}
 alerts_topic = {alerts}
 dead_letter_topic = {dead_letter}
-shutdown_timeout = "30s"
+shutdown_timeout = {shutdown_timeout}
 
 [kafka.consumer_properties]
 # A restart after SIGKILL joins the group once the dead member's session
@@ -793,6 +796,7 @@ level = "info"
             dead_letter = quote(&self.dead_letter),
             state = quote(&self.state_dir.display().to_string()),
             interval = quote(&settings.checkpoint_interval),
+            shutdown_timeout = quote(&settings.shutdown_timeout),
             detection = settings.detection,
         )
     }
