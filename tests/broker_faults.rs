@@ -16,6 +16,7 @@ mod kafka_common;
 mod reliability_common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -81,14 +82,11 @@ fn settings() -> Settings {
     }
 }
 
-/// `trailspike run` on the workspace's config, as a [`Process`] whose
-/// `/readyz` the test can ask.
-fn start(workspace: &Workspace, dir: &TestDir, name: &str) -> Process {
+/// `trailspike run` on `config`, as a [`Process`] whose `/readyz` the
+/// test can ask.
+fn start(config: &Path, dir: &TestDir, name: &str) -> Process {
     let mut command = trailspike();
-    command
-        .arg("--config")
-        .arg(workspace.config_path())
-        .arg("run");
+    command.arg("--config").arg(config).arg("run");
     Process::spawn(command, &dir.path().join(format!("{name}.log")))
 }
 
@@ -156,7 +154,7 @@ fn broker_absent_at_start_is_not_ready_then_everything_counts_once_it_is_up() {
     let (messages, expected) = input(11, &settings);
     broker.stop_keeping_data();
 
-    let mut process = start(&workspace, &dir, "run");
+    let mut process = start(workspace.config_path(), &dir, "run");
     let address = process.metrics_address(READY_TIMEOUT);
     let body = wait_not_ready(&mut process, address, "broker not acknowledging");
     assert!(
@@ -215,7 +213,7 @@ fn broker_restarted_and_frozen_mid_run_loses_and_repeats_nothing() {
         data.len() / 20,
         Duration::from_millis(300),
     );
-    let mut process = start(&workspace, &dir, "run");
+    let mut process = start(workspace.config_path(), &dir, "run");
     let address = process.metrics_address(READY_TIMEOUT);
     process.wait_until(
         "a quarter of the input is consumed",
@@ -268,22 +266,16 @@ const SHORT_SHUTDOWN_TIMEOUT: &str = "3s";
 fn stop_with_the_broker_frozen(
     broker: &Broker,
     dir: &TestDir,
-    config: &std::path::Path,
+    config: &Path,
     name: &str,
     input_topic: &str,
     seed: u64,
 ) -> (std::process::ExitStatus, Duration, String) {
     let (records, _) = generate_records(&two_days(seed));
     let messages = round_robin(&records, &[0, 1, 2]);
-    let feed = Feed::start(
-        input_topic,
-        messages.clone(),
-        messages.len() / 40,
-        Duration::from_millis(200),
-    );
-    let mut command = trailspike();
-    command.arg("--config").arg(config).arg("run");
-    let mut process = Process::spawn(command, &dir.path().join(format!("{name}.log")));
+    let chunk = messages.len() / 40;
+    let feed = Feed::start(input_topic, messages, chunk, Duration::from_millis(200));
+    let mut process = start(config, dir, name);
     let address = process.metrics_address(READY_TIMEOUT);
     // Consumed and, with a checkpoint interval far longer than the test,
     // not yet committed: the stop has work that needs the broker.
